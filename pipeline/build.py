@@ -1,0 +1,96 @@
+"""Graph building: options -> a configured job -> the Beam graph. No I/O here
+besides what Beam does when the pipeline runs."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from typing import Dict, Optional
+
+import apache_beam as beam
+
+from pipeline.options import ClaudeOptions
+from transforms.batch_api import PollSettings
+from transforms.batching import BatchBounds
+from transforms.client import ApiSettings
+from transforms.costs import load_prices
+from transforms.normalize import FieldMap
+from transforms.outcomes import RowContext, dead_letter_row
+from transforms.process import ProcessSettings, ProcessWithClaude
+from transforms.read import ReadRecords
+from transforms.requests import RequestBuilder
+from transforms.retry import RetryPolicy
+from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
+from transforms.task import Task, load_task
+
+#: Poll quickly against the emulator, patiently against the real API.
+_POLL_DEFAULTS = {True: (0.2, 2.0), False: (30.0, 300.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A fully resolved job: what the graph is built from."""
+
+    task: Task
+    input: str
+    input_format: Optional[str]
+    output: str
+    fields: FieldMap
+    process: ProcessSettings
+
+    @property
+    def run_id(self) -> str:
+        return self.process.ctx.run_id
+
+    @property
+    def mode(self) -> str:
+        return self.process.mode
+
+
+def default_run_id(task: Task, input_pattern: str, mode: str, today: Optional[dt.date] = None) -> str:
+    """Same job, same day -> same run id, so a scheduler's rerun reuses its custom_ids."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    digest = hashlib.sha256(f"{task.prompt_sha256}|{task.model}|{input_pattern}|{mode}".encode()).hexdigest()
+    return f"{today:%Y%m%d}-{digest[:10]}"
+
+
+def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Job:
+    """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
+    task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
+    prices = load_prices(opts.prices)
+    prices.price(task.model)  # fail now, not on the first answer, when the model has no price
+    run_id = opts.run_id or default_run_id(task, opts.input, opts.mode)
+    ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
+                     prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices)
+    builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
+                             cache_min_tokens=opts.prompt_cache_min_tokens)
+    initial, longest = _POLL_DEFAULTS[local]
+    poll = PollSettings(initial_s=opts.poll_interval_s or initial,
+                        max_s=opts.poll_max_interval_s or longest,
+                        timeout_s=opts.batch_timeout_s)
+    process = ProcessSettings(
+        mode=opts.mode, builder=builder, ctx=ctx,
+        api=ApiSettings(base_url=api_base, use_emulator_key=local, timeout_s=opts.request_timeout_s),
+        batch_bounds=BatchBounds(max_items=opts.max_requests_per_batch, max_bytes=opts.max_batch_bytes),
+        batch_shards=opts.batch_shards, poll=poll, retry=RetryPolicy(max_attempts=opts.max_attempts))
+    fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
+                      pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
+    return Job(task=task, input=opts.input, input_format=opts.input_format,
+               output=opts.output.rstrip("/"), fields=fields, process=process)
+
+
+def build(p: beam.Pipeline, job: Job) -> Dict[str, beam.PCollection]:
+    """Adds the whole job to `p`; returns its results and dead-letter PCollections."""
+    read = p | "Read records" >> ReadRecords(job.input, job.fields, job.input_format)
+    processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
+    results = processed["results"]
+    dead = ((read["dead_letter"], processed["dead_letter"])
+            | "All dead letters" >> beam.Flatten())
+    run_id, mode = job.run_id, job.mode
+    dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
+    results | "Write results" >> beam.io.WriteToParquet(
+        f"{job.output}/results/part", results_schema(job.task.output_schema),
+        file_name_suffix=".parquet")
+    dead_rows | "Write dead letters" >> beam.io.WriteToParquet(
+        f"{job.output}/dead_letter/part", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
+    return {"results": results, "dead_letter": dead_rows}

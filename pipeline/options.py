@@ -1,0 +1,135 @@
+"""Command-line options of the job: one PipelineOptions subclass, help on every flag."""
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
+from transforms.normalize import DEFAULT_MAX_TEXT_BYTES
+from transforms.read import FORMATS
+from transforms.requests import DEFAULT_CACHE_MIN_TOKENS
+
+MODES = ("batch",)
+LOCAL = "local"
+
+
+class ClaudeOptions(PipelineOptions):
+    """Options of `python -m pipeline`. Beam's own flags (--runner, ...) pass through."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        job = parser.add_argument_group("job")
+        job.add_argument("--task", required=False,
+                         help="YAML task file (local or gs://): instructions, template, model, "
+                              "max_tokens, output_schema. See samples/sentiment.yaml.")
+        job.add_argument("--input", help="Input files: a glob, local or gs://, of JSONL, CSV or "
+                                         "Parquet files (optionally .gz).")
+        job.add_argument("--input-format", dest="input_format", choices=FORMATS, default=None,
+                         help="Input format; default: from each file's extension.")
+        job.add_argument("--output", help="Output directory (local or gs://); receives results/, "
+                                          "dead_letter/ and summary.json.")
+        job.add_argument("--overwrite", action="store_true", default=False,
+                         help="Replace the Parquet files of an earlier run in --output "
+                              "(default: refuse, so no earlier result is lost by accident).")
+        job.add_argument("--mode", choices=MODES, default="batch",
+                         help="How to ask Claude. batch: Message Batches API, one record per "
+                              "request, 50%% of the list price.")
+        job.add_argument("--run-id", dest="run_id", default=None,
+                         help="Identifier of this run, in every row and in every custom_id. Default: "
+                              "derived from the date, task, input and mode, so a rerun of the same "
+                              "job gets the same id (and its batches can be reused).")
+
+        fields = parser.add_argument_group("input fields")
+        fields.add_argument("--id-field", dest="id_field", default="id",
+                            help="Field holding each record's unique id (string or integer).")
+        fields.add_argument("--text-field", dest="text_field", default="text",
+                            help="Field holding the text to process; the task template may use "
+                                 "other fields too.")
+        fields.add_argument("--pack-key-field", dest="pack_key_field", default=None,
+                            help="Field whose value is an identity boundary (e.g. customer_id): "
+                                 "records with different values never share a prompt. Records "
+                                 "without it are never packed with others.")
+        fields.add_argument("--max-text-bytes", dest="max_text_bytes", type=int,
+                            default=DEFAULT_MAX_TEXT_BYTES,
+                            help="Texts larger than this (UTF-8 bytes) go to the dead letter as "
+                                 "text_too_large.")
+
+        model = parser.add_argument_group("model (override the task file)")
+        model.add_argument("--model", default=None, help="Model id, e.g. claude-haiku-4-5.")
+        model.add_argument("--max-tokens", dest="max_tokens", type=int, default=None,
+                           help="max_tokens of each single-record request.")
+        model.add_argument("--no-prompt-cache", dest="prompt_cache", action="store_false", default=True,
+                           help="Do not mark the shared instructions for prompt caching.")
+        model.add_argument("--prompt-cache-min-tokens", dest="prompt_cache_min_tokens", type=int,
+                           default=DEFAULT_CACHE_MIN_TOKENS,
+                           help="Mark the instructions for caching only when at least this long "
+                                "(the model's minimum cacheable prefix).")
+        model.add_argument("--prices", default=None,
+                           help="Price table YAML overriding the built-in one "
+                                "(transforms/data/prices.yaml).")
+
+        api = parser.add_argument_group("API")
+        api.add_argument("--api-base", dest="api_base", default=None,
+                         help="API base URL. 'local' starts the bundled emulator in this process "
+                              "(the default when ANTHROPIC_API_KEY is not set). Default with a key: "
+                              "the real API. The key is read from ANTHROPIC_API_KEY on each worker, "
+                              "never from a flag.")
+        api.add_argument("--request-timeout-s", dest="request_timeout_s", type=float, default=120.0,
+                         help="Timeout of one HTTP call to the API.")
+        api.add_argument("--max-attempts", dest="max_attempts", type=int, default=6,
+                         help="Attempts per API call on retryable errors (429, 5xx, 529, timeouts).")
+
+        batch = parser.add_argument_group("Message Batches")
+        batch.add_argument("--max-requests-per-batch", dest="max_requests_per_batch", type=int,
+                           default=MAX_BATCH_REQUESTS,
+                           help=f"Requests per Message Batch (at most {MAX_BATCH_REQUESTS:,}).")
+        batch.add_argument("--max-batch-bytes", dest="max_batch_bytes", type=int,
+                           default=MAX_BATCH_BYTES,
+                           help=f"Bytes of serialized requests per batch (at most {MAX_BATCH_BYTES:,}).")
+        batch.add_argument("--batch-shards", dest="batch_shards", type=int, default=1,
+                           help="Parallel batch builders. The API runs each batch in parallel "
+                                "anyway; more shards only spread submission work over workers.")
+        batch.add_argument("--poll-interval-s", dest="poll_interval_s", type=float, default=None,
+                           help="First wait between batch status checks; grows 1.5x per check. "
+                                "Default 30 s (0.2 s against the local emulator).")
+        batch.add_argument("--poll-max-interval-s", dest="poll_max_interval_s", type=float, default=None,
+                           help="Longest wait between status checks. Default 300 s (2 s locally).")
+        batch.add_argument("--batch-timeout-s", dest="batch_timeout_s", type=float, default=25 * 3600.0,
+                           help="Give up waiting on a batch after this long; its records go to the "
+                                "dead letter as expired.")
+
+        local = parser.add_argument_group("local emulator (with --api-base local)")
+        local.add_argument("--emulator-batch-delay-s", dest="emulator_batch_delay_s", type=float,
+                           default=0.0, help="Seconds a batch stays in_progress in the emulator.")
+
+
+def help_parser() -> argparse.ArgumentParser:
+    """A parser for --help that lists our flags (Beam's PipelineOptions hides them)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Run records through Claude at the lowest cost the API allows; write every "
+                    "answer, with its provenance, to Parquet.",
+        epilog="Any other flag goes to Apache Beam, e.g. --runner DataflowRunner --project P "
+               "--region R --temp_location gs://B/tmp, or --direct_num_workers 2.")
+    ClaudeOptions._add_argparse_args(parser)
+    return parser
+
+
+def validate(opts: ClaudeOptions) -> None:
+    """Fail early, with the flag's name, before any worker starts."""
+    for name in ("task", "input", "output"):
+        if not getattr(opts, name):
+            raise ValueError(f"--{name} is required")
+    if not 1 <= opts.max_requests_per_batch <= MAX_BATCH_REQUESTS:
+        raise ValueError(f"--max-requests-per-batch must be within 1..{MAX_BATCH_REQUESTS}")
+    if not 1024 <= opts.max_batch_bytes <= MAX_BATCH_BYTES:
+        raise ValueError(f"--max-batch-bytes must be within 1024..{MAX_BATCH_BYTES}")
+    if opts.batch_shards < 1:
+        raise ValueError("--batch-shards must be >= 1")
+    if opts.max_text_bytes < 1:
+        raise ValueError("--max-text-bytes must be >= 1")
+    if opts.max_attempts < 1:
+        raise ValueError("--max-attempts must be >= 1")
+    if opts.max_tokens is not None and opts.max_tokens < 1:
+        raise ValueError("--max-tokens must be >= 1")

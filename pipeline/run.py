@@ -1,0 +1,123 @@
+"""Entry point: parse options, start the local emulator when asked, run, summarize.
+
+Exit codes (for schedulers): 0 done; 1 the job failed or broke its
+one-in-one-out promise; 2 bad usage (a flag, the task file, the input)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import summary as summary_mod
+from pipeline.build import Job, build, resolve_job
+from pipeline.options import LOCAL, ClaudeOptions, help_parser, validate
+from transforms.client import API_KEY_ENV
+from transforms.costs import PriceError
+from transforms.task import TaskError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_LOG = logging.getLogger("pipeline")
+
+
+def _use_emulator(opts: ClaudeOptions) -> bool:
+    return opts.api_base == LOCAL or (opts.api_base is None and not os.environ.get(API_KEY_ENV))
+
+
+def _announce_emulator(base_url: str, explicit: bool) -> None:
+    why = "--api-base local" if explicit else f"{API_KEY_ENV} is not set"
+    bar = "=" * 78
+    print(f"{bar}\n  LOCAL EMULATOR: {why}, so this run talks to the bundled Claude emulator at\n"
+          f"  {base_url}. Answers are synthetic. Set {API_KEY_ENV} (and omit --api-base)\n"
+          f"  to use the real API.\n{bar}", file=sys.stderr, flush=True)
+
+
+def _check_paths(job: Job, overwrite: bool) -> None:
+    matched = FileSystems.match([job.input])[0].metadata_list
+    if not matched:
+        raise ValueError(f"--input {job.input!r} matches no file")
+    for sub in ("results", "dead_letter"):
+        existing = FileSystems.match([f"{job.output}/{sub}/*.parquet"])[0].metadata_list
+        if existing and not overwrite:
+            raise ValueError(f"{job.output}/{sub} already holds Parquet files from an earlier run; "
+                             "choose another --output or pass --overwrite")
+        if existing:
+            FileSystems.delete([m.path for m in existing])
+
+
+def _counters(result) -> Dict[str, int]:
+    totals: Dict[str, int] = {}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace("claude"))["counters"]
+    except (NotImplementedError, KeyError):
+        return totals
+    for c in counters:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run(argv: List[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        help_parser().print_help()
+        return EXIT_OK
+    options = PipelineOptions(argv)
+    opts = options.view_as(ClaudeOptions)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    try:
+        validate(opts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    local = _use_emulator(opts)
+    if local and "Direct" not in runner:
+        print("error: the local emulator runs inside this process; a remote runner cannot reach it. "
+              f"Set {API_KEY_ENV} on the workers or pass --api-base URL.", file=sys.stderr)
+        return EXIT_USAGE
+
+    with contextlib.ExitStack() as stack:
+        api_base = opts.api_base
+        if local:
+            import emulator
+            emu = stack.enter_context(emulator.running(batch_delay_s=opts.emulator_batch_delay_s))
+            api_base = emu.base_url
+            _announce_emulator(api_base, explicit=opts.api_base == LOCAL)
+        try:
+            job = resolve_job(opts, api_base, local)
+            _check_paths(job, opts.overwrite)
+        except (ValueError, TaskError, PriceError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+        started = time.monotonic()
+        p = beam.Pipeline(options=options)
+        build(p, job)
+        result = p.run()
+        state = result.wait_until_finish()
+        if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
+            print(f"error: pipeline ended in state {state}", file=sys.stderr)
+            return EXIT_FAILED
+        summary = summary_mod.summarize(job.output, job.run_id, job.mode, _counters(result),
+                                        time.monotonic() - started)
+        path = summary_mod.write(summary, job.output)
+        print(summary_mod.render(summary))
+        print(f"  summary         {path}")
+        if not summary["one_in_one_out"]:
+            print("error: the output does not hold exactly one row per input record", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))

@@ -1,0 +1,93 @@
+"""The run summary: counts, reasons, tokens and cost, read back from the Parquet
+output (streamed column by column, never the whole dataset)."""
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any, Dict, Mapping
+
+from apache_beam.io.filesystems import FileSystems
+
+_SUM_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                "cache_read_input_tokens", "cost_usd")
+
+
+def _files(directory: str):
+    match = FileSystems.match([f"{directory}/*.parquet"])[0]
+    return sorted(m.path for m in match.metadata_list)
+
+
+def _iter_batches(directory: str, columns):
+    import pyarrow.parquet as pq
+    for path in _files(directory):
+        with FileSystems.open(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(columns=list(columns)):
+                yield batch
+
+
+def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
+              wall_s: float) -> Dict[str, Any]:
+    totals = collections.Counter()
+    results = 0
+    ids = collections.Counter()
+    for batch in _iter_batches(f"{output}/results", ("record_id",) + _SUM_COLUMNS):
+        results += batch.num_rows
+        cols = batch.to_pydict()
+        ids.update(cols["record_id"])
+        for col in _SUM_COLUMNS:
+            totals[col] += sum(v or 0 for v in cols[col])
+    reasons = collections.Counter()
+    dead = 0
+    for batch in _iter_batches(f"{output}/dead_letter", ("record_id", "error_type")):
+        dead += batch.num_rows
+        cols = batch.to_pydict()
+        reasons.update(cols["error_type"])
+        ids.update(i for i in cols["record_id"] if i is not None)
+    repeated = sum(1 for n in ids.values() if n > 1)
+    rows_read = metrics.get("records_read", 0)
+    unreadable = reasons.get("unreadable_file", 0)
+    return {
+        "run_id": run_id,
+        "mode": mode,
+        "records_in": rows_read,
+        "results": results,
+        "dead_letters": dead,
+        "dead_letters_by_reason": dict(sorted(reasons.items())),
+        # One record in, exactly one row out (an unreadable file is one row for all of it).
+        "one_in_one_out": results + dead == rows_read + unreadable and repeated == 0,
+        "ids_with_more_than_one_row": repeated,
+        "input_tokens": int(totals["input_tokens"]),
+        "output_tokens": int(totals["output_tokens"]),
+        "cache_creation_input_tokens": int(totals["cache_creation_input_tokens"]),
+        "cache_read_input_tokens": int(totals["cache_read_input_tokens"]),
+        "cost_usd": round(totals["cost_usd"], 6),
+        "batches_created": metrics.get("batches_created", 0),
+        "wall_time_s": round(wall_s, 2),
+        "output": output,
+    }
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    """A table for a person."""
+    lines = [f"run {summary['run_id']} ({summary['mode']})",
+             f"  records in      {summary['records_in']:>10,}",
+             f"  results         {summary['results']:>10,}",
+             f"  dead letters    {summary['dead_letters']:>10,}"]
+    for reason, n in summary["dead_letters_by_reason"].items():
+        lines.append(f"    {reason:<22}{n:>8,}")
+    lines += [f"  one in, one out {'yes' if summary['one_in_one_out'] else 'NO - see summary.json'}",
+              f"  input tokens    {summary['input_tokens']:>10,}",
+              f"  cache write/read {summary['cache_creation_input_tokens']:>9,} / {summary['cache_read_input_tokens']:,}",
+              f"  output tokens   {summary['output_tokens']:>10,}",
+              f"  cost            ${summary['cost_usd']:>10.4f}",
+              f"  batches         {summary['batches_created']:>10,}",
+              f"  wall time       {summary['wall_time_s']:>9.1f}s",
+              f"  output          {summary['output']}/results, {summary['output']}/dead_letter"]
+    return "\n".join(lines)
+
+
+def write(summary: Mapping[str, Any], output: str) -> str:
+    path = f"{output}/summary.json"
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    return path

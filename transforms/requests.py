@@ -1,0 +1,139 @@
+"""Turning Records into Messages requests: pure, picklable, no I/O.
+
+A Request carries only what differs between requests (the user message and
+the ids it answers for). The shared parts (system prompt, schema, model) are
+added by `RequestBuilder.params` at send time, so 100,000 queued requests do
+not each carry a copy of a 5 KB system prompt through the pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from transforms import packing
+from transforms.records import Record
+from transforms.task import Task
+from transforms.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_request_tokens, estimate_tokens
+
+#: Smallest prefix the API caches for most models; shorter ones are silently
+#: not cached, so marking them would only add noise. Configurable per run.
+DEFAULT_CACHE_MIN_TOKENS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One record's place in a request: enough to write its row, without its text."""
+
+    record_id: str
+    pack_key: str
+    input_sha256: str
+    tokens: int
+    position: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One Messages request (a single record or a pack) before it is sent."""
+
+    custom_id: str
+    pack_id: str
+    pack_key: str
+    items: Tuple[Item, ...]
+    user_text: str
+    packed: bool
+    max_tokens: int
+    input_tokens: int
+    size_bytes: int
+    attempt: int = 1
+
+    @property
+    def record_ids(self) -> List[str]:
+        return [i.record_id for i in self.items]
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestBuilder:
+    """Builds requests for one task; every method is a pure function of its inputs."""
+
+    task: Task
+    run_id: str
+    prompt_cache: bool = True
+    cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
+
+    def system_blocks(self, packed: bool) -> List[Dict[str, Any]]:
+        text = self.task.system.rstrip() + "\n\n" + (
+            packing.PACK_INSTRUCTIONS if packed else packing.SINGLE_INSTRUCTIONS)
+        block: Dict[str, Any] = {"type": "text", "text": text}
+        if self.prompt_cache and estimate_tokens(text) >= self.cache_min_tokens:
+            block["cache_control"] = {"type": "ephemeral"}
+        return [block]
+
+    def output_schema(self, packed: bool) -> Optional[Dict[str, Any]]:
+        if packed:
+            return packing.pack_schema(self.task.output_schema)
+        return dict(self.task.output_schema) if self.task.output_schema else None
+
+    def params(self, request: Request) -> Dict[str, Any]:
+        """The full Messages API body of a request."""
+        params: Dict[str, Any] = {
+            "model": self.task.model,
+            "max_tokens": request.max_tokens,
+            "system": self.system_blocks(request.packed),
+            "messages": [{"role": "user", "content": request.user_text}],
+        }
+        schema = self.output_schema(request.packed)
+        if schema:
+            params["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        return params
+
+    def _shared_size(self, packed: bool) -> Tuple[int, int]:
+        """(bytes, tokens) of a request minus its user text; computed per call
+        but cheap relative to json-dumping the full request per record."""
+        empty = Request("x" * 64, "", "", (), "", packed, self.task.max_tokens, 0, 0)
+        body = {"custom_id": empty.custom_id, "params": self.params(empty)}
+        return len(json.dumps(body, separators=(",", ":"))), estimate_request_tokens(body["params"])
+
+    def single(self, record: Record, shared: Optional[Tuple[int, int]] = None) -> Request:
+        """One record, one request. Raises TemplateError when the template cannot render."""
+        content = self.task.render(record)
+        return self._request([record], [content], packed=False, max_tokens=self.task.max_tokens,
+                             shared=shared)
+
+    def pack(self, records: Sequence[Record], shared: Optional[Tuple[int, int]] = None) -> Request:
+        """Several records of one pack key in one request (see packing.py)."""
+        contents = [self.task.render(r) for r in records]
+        max_tokens = packing.pack_max_tokens(len(records), self.task.item_output_tokens)
+        return self._request(records, contents, packed=True, max_tokens=max_tokens, shared=shared)
+
+    def _request(self, records: Sequence[Record], contents: Sequence[str], *, packed: bool,
+                 max_tokens: int, shared: Optional[Tuple[int, int]]) -> Request:
+        keys = {r.pack_key for r in records}
+        if len(keys) != 1:
+            raise ValueError(f"a request must hold one pack key, got {len(keys)}")
+        pack_key = records[0].pack_key
+        ids = [r.record_id for r in records]
+        items = tuple(Item(r.record_id, pack_key, sha256_text(c), estimate_tokens(c), pos)
+                      for pos, (r, c) in enumerate(zip(records, contents)))
+        if packed:
+            user_text = packing.render_pack(list(zip(ids, contents)))
+        else:
+            user_text = packing.render_item(ids[0], contents[0])
+        shared_bytes, shared_tokens = shared or self._shared_size(packed)
+        # json.dumps escapes non-ASCII, so this is the byte size the SDK will send.
+        user_bytes = len(json.dumps(user_text))
+        return Request(
+            custom_id=packing.custom_id(self.run_id, pack_key, ids),
+            pack_id=packing.pack_id(pack_key, ids),
+            pack_key=pack_key, items=items, user_text=user_text, packed=packed,
+            max_tokens=max_tokens,
+            input_tokens=shared_tokens + estimate_tokens(user_text),
+            size_bytes=shared_bytes + user_bytes)
+
+    def shared_size(self, packed: bool) -> Tuple[int, int]:
+        return self._shared_size(packed)

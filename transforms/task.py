@@ -1,0 +1,104 @@
+"""The task: what to ask Claude about each record, described once in YAML."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import string
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from transforms.records import Record
+
+#: Output tokens budgeted per item in a pack when the task does not say.
+DEFAULT_ITEM_OUTPUT_TOKENS = 150
+
+
+class TaskError(ValueError):
+    """The task file is unusable; the message says which field and why."""
+
+
+class TemplateError(ValueError):
+    """A record lacks a field the prompt template needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Instructions, template, model and output shape of a job.
+
+    system:         instructions shared by every request (cached when long).
+    template:       per-record prompt, Python format syntax over the record's
+                    fields: {text}, {id}, {pack_key} and any input column.
+    output_schema:  JSON schema of one answer (an object); None for free text.
+    """
+
+    model: str
+    system: str
+    template: str = "{text}"
+    max_tokens: int = 1024
+    output_schema: Optional[Mapping[str, Any]] = None
+    item_output_tokens: int = DEFAULT_ITEM_OUTPUT_TOKENS
+    name: str = "task"
+
+    def __post_init__(self):
+        if not self.model:
+            raise TaskError("task: 'model' is required")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise TaskError(f"task: 'max_tokens' must be a positive integer, got {self.max_tokens!r}")
+        if self.output_schema is not None and self.output_schema.get("type") != "object":
+            raise TaskError("task: 'output_schema' must be a JSON schema of type 'object'")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        except ValueError as e:
+            raise TaskError(f"task: 'template' is not a valid format string: {e}") from e
+        if any(not f for f in fields):
+            raise TaskError("task: 'template' has an empty placeholder {}; name the field, e.g. {text}")
+
+    @property
+    def prompt_sha256(self) -> str:
+        """Hash of everything that shapes the prompt: provenance of each row."""
+        canonical = json.dumps(
+            {"system": self.system, "template": self.template, "output_schema": self.output_schema},
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def render(self, record: Record) -> str:
+        """The per-record prompt; raises TemplateError on a missing field."""
+        fields = dict(record.attrs)
+        fields.update(text=record.text, id=record.record_id, pack_key=record.pack_key)
+        try:
+            return self.template.format_map(fields)
+        except (KeyError, IndexError, AttributeError) as e:
+            raise TemplateError(f"template needs field {e} which record {record.record_id!r} lacks") from e
+
+    def with_overrides(self, **overrides: Any) -> "Task":
+        """A copy with the non-None overrides applied (command-line flags)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+_KNOWN_KEYS = {f.name for f in dataclasses.fields(Task)} | {"instructions"}
+
+
+def load_task(path: str) -> Task:
+    """Read a task YAML file (local or gs://) into a Task, with clear errors."""
+    from apache_beam.io.filesystems import FileSystems  # lazy: keeps Task importable without Beam
+
+    try:
+        with FileSystems.open(path) as f:
+            data = yaml.safe_load(f.read().decode("utf-8"))
+    except (OSError, IOError) as e:
+        raise TaskError(f"cannot read task file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise TaskError(f"task file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise TaskError(f"task file {path} must hold a mapping of fields")
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        raise TaskError(f"task file {path}: unknown field(s) {sorted(unknown)}; known: {sorted(_KNOWN_KEYS)}")
+    if "instructions" in data:
+        data["system"] = data.pop("instructions")
+    if "system" not in data:
+        raise TaskError(f"task file {path}: 'instructions' (the system prompt) is required")
+    return Task(**data)
