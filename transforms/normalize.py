@@ -61,6 +61,9 @@ def parse_json_line(line: bytes, source: str) -> Union[Mapping[str, Any], DeadLe
     except UnicodeDecodeError as e:
         return _dead(Reason.INVALID_UTF8, f"line is not valid UTF-8: {e.reason} at byte {e.start}",
                      line, source)
+    if "\x00" in text:
+        # A raw NUL is invalid inside a JSON string; name the real problem.
+        return _dead(Reason.CONTROL_CHARACTERS, "line contains a NUL byte", line, source)
     try:
         value = json.loads(text)
     except ValueError as e:

@@ -66,6 +66,8 @@ class Reason(str, enum.Enum):
     MAX_TOKENS = "max_tokens"
     REFUSAL = "refusal"
     MISSING_IN_PACK = "missing_in_pack"
+    DUPLICATED_IN_PACK = "duplicated_in_pack"
+    INVENTED_ID = "invented_id"
     SPEND_LIMIT = "spend_limit"
     BUDGET = "budget"
     SHED = "shed"

@@ -8,6 +8,7 @@ not each carry a copy of a 5 KB system prompt through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -57,6 +58,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _wire_schema(canonical: str) -> Dict[str, Any]:
+    import anthropic
+    return anthropic.transform_schema(json.loads(canonical))
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestBuilder:
     """Builds requests for one task; every method is a pure function of its inputs."""
@@ -75,9 +82,16 @@ class RequestBuilder:
         return [block]
 
     def output_schema(self, packed: bool) -> Optional[Dict[str, Any]]:
+        """The schema as sent: the API's structured outputs refuse keywords such as
+        minimum/maxLength, so the SDK's own transform moves them into descriptions.
+        Answers are still validated locally against the task's full schema."""
         if packed:
-            return packing.pack_schema(self.task.output_schema)
-        return dict(self.task.output_schema) if self.task.output_schema else None
+            schema = packing.pack_schema(self.task.output_schema)
+        elif self.task.output_schema:
+            schema = dict(self.task.output_schema)
+        else:
+            return None
+        return _wire_schema(json.dumps(schema, sort_keys=True))
 
     def params(self, request: Request) -> Dict[str, Any]:
         """The full Messages API body of a request."""

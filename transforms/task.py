@@ -48,6 +48,9 @@ class Task:
             raise TaskError(f"task: 'max_tokens' must be a positive integer, got {self.max_tokens!r}")
         if self.output_schema is not None and self.output_schema.get("type") != "object":
             raise TaskError("task: 'output_schema' must be a JSON schema of type 'object'")
+        if self.output_schema is not None and "id" in (self.output_schema.get("properties") or {}):
+            raise TaskError("task: 'output_schema' must not define 'id': packed answers use it to "
+                            "carry each record's id")
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
         except ValueError as e:
