@@ -12,14 +12,13 @@ import apache_beam as beam
 from pipeline.options import ClaudeOptions
 from transforms.batch_api import PollSettings
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings
+from transforms.client import ApiSettings, RetryPolicy
 from transforms.costs import load_prices
 from transforms.normalize import FieldMap
 from transforms.outcomes import RowContext, dead_letter_row
 from transforms.process import ProcessSettings, ProcessWithClaude
 from transforms.read import ReadRecords
 from transforms.requests import RequestBuilder
-from transforms.retry import RetryPolicy
 from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
 from transforms.task import Task, load_task
 

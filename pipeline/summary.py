@@ -38,11 +38,15 @@ def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
             totals[col] += sum(v or 0 for v in cols[col])
     reasons = collections.Counter()
     dead = 0
-    for batch in _iter_batches(f"{output}/dead_letter", ("record_id", "error_type")):
+    for batch in _iter_batches(f"{output}/dead_letter", ("record_id", "error_type") + _SUM_COLUMNS):
         dead += batch.num_rows
         cols = batch.to_pydict()
+        for col in _SUM_COLUMNS:  # a dead letter may have consumed tokens before it failed
+            totals[col] += sum(v or 0 for v in cols[col])
         reasons.update(cols["error_type"])
-        ids.update(i for i in cols["record_id"] if i is not None)
+        # A duplicate's row repeats the id of the record that won, by design.
+        ids.update(i for i, why in zip(cols["record_id"], cols["error_type"])
+                   if i is not None and why != "duplicate_id")
     repeated = sum(1 for n in ids.values() if n > 1)
     rows_read = metrics.get("records_read", 0)
     unreadable = reasons.get("unreadable_file", 0)

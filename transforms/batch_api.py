@@ -16,10 +16,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import retry
-from transforms.client import ApiSettings, make_client
-from transforms.outcomes import RowContext, Sent, dead_letter, now, single_outcome, usage_of
-from transforms.records import Reason, Stage
+from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
+from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
+from transforms.records import Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
 
 __all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch"]
@@ -51,11 +50,16 @@ class PollSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SubmittedBatch:
-    """A created batch and the requests it holds (to match results by custom_id)."""
+    """A created batch and the requests it holds (to match results by custom_id).
+
+    records: the packed records by id, kept only for packs, whose failed ids
+    are re-asked in a follow-up batch (a single record is never re-asked).
+    """
 
     batch_id: str
     submitted_at: dt.datetime
     requests: Tuple[Request, ...]
+    records: Optional[Dict[str, Record]] = None
 
 
 def batch_payload(builder: RequestBuilder, requests: Sequence[Request]) -> List[Dict[str, Any]]:
@@ -65,7 +69,7 @@ def batch_payload(builder: RequestBuilder, requests: Sequence[Request]) -> List[
 class _ApiDoFn(beam.DoFn):
     """Base for DoFns that hold an API client: built in setup(), closed in teardown()."""
 
-    def __init__(self, api: ApiSettings, retry_policy: retry.RetryPolicy):
+    def __init__(self, api: ApiSettings, retry_policy: RetryPolicy):
         self._api = api
         self._retry = retry_policy
         self._client = None
@@ -79,49 +83,65 @@ class _ApiDoFn(beam.DoFn):
             self._client = None
 
     def _call(self, fn, *args, **kwargs):
-        return retry.call_with_retries(lambda: fn(*args, **kwargs), policy=self._retry)
+        return self._retry.call(lambda: fn(*args, **kwargs))
 
 
 class _CreateBatches(_ApiDoFn):
-    """(key, [Request]) -> SubmittedBatch, or every request dead-lettered on a refusal."""
+    """(key, [Work]) -> SubmittedBatch, or every record dead-lettered on a refusal.
 
-    def __init__(self, api, retry_policy, builder: RequestBuilder):
+    A Work is a Request, or for packs a (Request, records) pair.
+    """
+
+    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext):
         super().__init__(api, retry_policy)
         self._builder = builder
+        self._ctx = ctx
         self._created = Metrics.counter("claude", "batches_created")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
 
-    def process(self, element: Tuple[Any, List[Request]]) -> Iterator:
-        _, requests = element
+    def process(self, element: Tuple[Any, List[Any]]) -> Iterator:
+        _, works = element
+        requests = [w[0] if isinstance(w, tuple) else w for w in works]
+        records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
         submitted_at = now()
         try:
             batch = self._call(self._client.messages.batches.create,
                                requests=batch_payload(self._builder, requests))
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
             sent = Sent(submitted_at=submitted_at)
-            message = retry.describe(e)
             for request in requests:
-                for item in request.items:
-                    yield TaggedOutput(DEAD, dead_letter(request, item, sent, Stage.SUBMIT,
-                                                         Reason.API_ERROR, message))
+                for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
+                                        describe_error(e), batch=True):
+                    yield TaggedOutput(DEAD, d)
             return
         self._created.inc()
         self._sent.inc(len(requests))
         _LOG.info("created batch %s with %d requests", batch.id, len(requests))
-        yield SubmittedBatch(batch.id, submitted_at, tuple(requests))
+        yield SubmittedBatch(batch.id, submitted_at, tuple(requests), records)
 
 
 class _CollectBatches(_ApiDoFn):
-    """SubmittedBatch -> result rows + dead letters, streaming the results file."""
+    """SubmittedBatch -> result rows + dead letters, streaming the results file.
 
-    def __init__(self, api, retry_policy, ctx: RowContext, poll: PollSettings, sleep=time.sleep):
+    For packs, ids the answer failed are re-asked (half packs, then alone) in
+    follow-up batches, up to `max_reasks`, each round created only after the
+    previous one's results have been read.
+    """
+
+    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext,
+                 poll: PollSettings, max_reasks: int, sleep=time.sleep):
         super().__init__(api, retry_policy)
+        self._builder = builder
         self._ctx = ctx
         self._poll = poll
+        self._max_reasks = max_reasks
         self._sleep = sleep
         self._succeeded = Metrics.counter("claude", "batch_results_succeeded")
         self._failed = Metrics.counter("claude", "batch_results_failed")
         self._unknown = Metrics.counter("claude", "batch_results_unknown_custom_id")
+        self._reasked = Metrics.counter("claude", "reasked_records")
+        self._invented = Metrics.counter("claude", "invented_ids")
+        self._created = Metrics.counter("claude", "batches_created")
         self._input_tokens = Metrics.counter("claude", "input_tokens")
         self._output_tokens = Metrics.counter("claude", "output_tokens")
 
@@ -136,37 +156,52 @@ class _CollectBatches(_ApiDoFn):
             self._sleep(interval)
 
     def process(self, submitted: SubmittedBatch) -> Iterator:
+        carried: Dict[str, Dict[str, int]] = {}
+        while submitted is not None:
+            reasks: List[List[str]] = []
+            for out in self._collect_one(submitted, carried, reasks):
+                yield out
+            if not reasks:
+                return
+            attempt = max(r.attempt for r in submitted.requests) + 1
+            submitted = yield from self._resubmit(submitted, reasks, attempt, carried)
+
+    def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]]) -> Iterator:
         pending: Dict[str, Request] = {r.custom_id: r for r in submitted.requests}
         batch = self._wait_until_ended(submitted.batch_id)
         if batch is None:
-            yield from self._dead_all(submitted, pending, Reason.EXPIRED,
+            yield from self._dead_all(submitted, pending, carried, Reason.EXPIRED,
                                       f"batch {submitted.batch_id} did not end within {self._poll.timeout_s:.0f} s")
             return
         completed_at = batch.ended_at or now()
         for entry in self._call(self._client.messages.batches.results, submitted.batch_id):
             request = pending.pop(entry.custom_id, None)
             if request is None:
-                self._unknown.inc()  # not ours, or a duplicate line: never written twice
+                self._unknown.inc()  # not ours, or a repeated line: never written twice
                 continue
             sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
-                        completed_at=completed_at)
-            yield from self._outcome(request, sent, entry.result)
+                        completed_at=completed_at, attempts=request.attempt)
+            yield from self._outcome(request, sent, entry.result, carried, reasks)
         if pending:
-            yield from self._dead_all(submitted, pending, Reason.MISSING_RESULT,
+            yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
                                       "the batch ended without a result for this request")
 
-    def _outcome(self, request: Request, sent: Sent, result) -> Iterator:
+    def _outcome(self, request: Request, sent: Sent, result, carried, reasks) -> Iterator:
         kind = result.type
         if kind == "succeeded":
             usage = usage_of(result.message)
             self._input_tokens.inc(usage["input_tokens"] + usage["cache_creation_input_tokens"]
                                    + usage["cache_read_input_tokens"])
             self._output_tokens.inc(usage["output_tokens"])
-            rows, dead = single_outcome(self._ctx, request, sent, result.message, batch=True)
-            self._succeeded.inc(len(rows))
-            self._failed.inc(len(dead))
-            yield from rows
-            for d in dead:
+            res = resolve(self._ctx, request, sent, result.message, batch=True, carried=carried,
+                          max_reasks=self._max_reasks)
+            self._succeeded.inc(len(res.rows))
+            self._failed.inc(len(res.dead))
+            self._invented.inc(res.invented)
+            carried.update(res.carried)
+            reasks.extend(res.reasks)
+            yield from res.rows
+            for d in res.dead:
                 yield TaggedOutput(DEAD, d)
             return
         reason = {"errored": Reason.ERRORED, "expired": Reason.EXPIRED,
@@ -177,16 +212,39 @@ class _CollectBatches(_ApiDoFn):
             inner = getattr(error, "error", error)
             message += f": {getattr(inner, 'type', '')}: {getattr(inner, 'message', '')}"
         self._failed.inc(len(request.items))
-        for item in request.items:
-            yield TaggedOutput(DEAD, dead_letter(request, item, sent, Stage.COLLECT, reason, message))
+        for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message, batch=True,
+                                carried=carried):
+            yield TaggedOutput(DEAD, d)
 
-    def _dead_all(self, submitted: SubmittedBatch, pending: Dict[str, Request], reason: Reason,
+    def _resubmit(self, submitted: SubmittedBatch, reasks: List[List[str]], attempt: int, carried):
+        """Create the follow-up batch of re-asks; dead-letter them if it is refused."""
+        records = submitted.records or {}
+        requests = [self._builder.request_for([records[i] for i in group], packed=True, attempt=attempt)
+                    for group in reasks]
+        self._reasked.inc(sum(len(g) for g in reasks))
+        submitted_at = now()
+        try:
+            batch = self._call(self._client.messages.batches.create,
+                               requests=batch_payload(self._builder, requests))
+        except Exception as e:  # noqa: BLE001 - refused re-asks become dead letters
+            sent = Sent(submitted_at=submitted_at, attempts=attempt)
+            for request in requests:
+                for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
+                                        describe_error(e), batch=True, carried=carried):
+                    yield TaggedOutput(DEAD, d)
+            return None
+        self._created.inc()
+        return SubmittedBatch(batch.id, submitted_at, tuple(requests), records)
+
+    def _dead_all(self, submitted: SubmittedBatch, pending: Dict[str, Request], carried, reason: Reason,
                   message: str) -> Iterator:
-        sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at)
         for request in pending.values():
-            for item in request.items:
-                self._failed.inc()
-                yield TaggedOutput(DEAD, dead_letter(request, item, sent, Stage.COLLECT, reason, message))
+            sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
+                        attempts=request.attempt)
+            self._failed.inc(len(request.items))
+            for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message,
+                                    batch=True, carried=carried):
+                yield TaggedOutput(DEAD, d)
 
 
 class SubmitBatches(beam.PTransform):
@@ -198,21 +256,24 @@ class SubmitBatches(beam.PTransform):
     """
 
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
-                 poll: PollSettings = PollSettings(), retry_policy: Optional[retry.RetryPolicy] = None):
+                 poll: PollSettings = PollSettings(), retry_policy: Optional[RetryPolicy] = None,
+                 max_reasks: int = 2):
         super().__init__()
         self._api = api
         self._builder = builder
         self._ctx = ctx
         self._poll = poll
-        self._retry = retry_policy or retry.RetryPolicy()
+        self._retry = retry_policy or RetryPolicy()
+        self._max_reasks = max_reasks
 
     def expand(self, batches):
         created = batches | "Create batches" >> beam.ParDo(
-            _CreateBatches(self._api, self._retry, self._builder)).with_outputs(DEAD, main="batches")
+            _CreateBatches(self._api, self._retry, self._builder, self._ctx)).with_outputs(DEAD, main="batches")
         collected = (created.batches
                      | "Spread batches" >> beam.Reshuffle()
                      | "Collect batches" >> beam.ParDo(
-                         _CollectBatches(self._api, self._retry, self._ctx, self._poll)
+                         _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
+                                         self._max_reasks)
                      ).with_outputs(DEAD, main="results"))
         dead = (created[DEAD], collected[DEAD]) | "Merge batch dead letters" >> beam.Flatten()
         return {"results": collected.results, "dead_letter": dead}

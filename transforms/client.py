@@ -35,11 +35,35 @@ def make_client(settings: ApiSettings):
     """An anthropic client with the SDK's retries off: our retry loop (tenacity)
     also feeds the rate limiter, and the two must not stack."""
     import anthropic
-    import httpx
 
     return anthropic.Anthropic(
         api_key=settings.api_key(),
         base_url=settings.base_url,
         max_retries=0,
-        timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+        timeout=anthropic.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Caps of the retry loop (transforms/retry.py): picklable settings only."""
+
+    max_attempts: int = 6
+    max_total_s: float = 600.0
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+    def call(self, fn, *, limiter=None, gate=None, stats=None, on_retry=None):
+        """fn() with retries on retryable errors; raises the last error otherwise."""
+        from transforms import retry
+        return retry.call_with_retries(
+            fn, limiter=limiter, gate=gate, max_attempts=self.max_attempts,
+            max_total_s=self.max_total_s, initial_backoff_s=self.initial_backoff_s,
+            max_backoff_s=self.max_backoff_s, stats=stats, on_retry=on_retry)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of an API failure for a dead-letter row."""
+    from transforms import retry
+    decision = retry.classify(exc)
+    return decision.reason or f"{type(exc).__name__}"

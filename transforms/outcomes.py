@@ -10,6 +10,7 @@ import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from transforms import answers
+from transforms.packing import share_usage
 from transforms.costs import PriceTable
 from transforms.normalize import display_pack_key
 from transforms.records import DeadLetter, Reason, Stage
@@ -107,21 +108,101 @@ def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, messag
 
 
 def dead_letter(request: Request, item: Item, sent: Sent, stage: Stage, reason: Reason,
-                message: str) -> DeadLetter:
+                message: str, usage: Optional[Mapping[str, int]] = None,
+                cost_usd: Optional[float] = None) -> DeadLetter:
     return DeadLetter(record_id=item.record_id, pack_key=display_pack_key(item.pack_key),
                       stage=stage.value, error_type=reason.value, error_message=message,
-                      attempts=sent.attempts, batch_id=sent.batch_id, custom_id=request.custom_id)
+                      attempts=sent.attempts, batch_id=sent.batch_id, custom_id=request.custom_id,
+                      usage=dict(usage) if usage else None, cost_usd=cost_usd)
 
 
-def single_outcome(ctx: RowContext, request: Request, sent: Sent, message: Any, *,
-                   batch: bool) -> Tuple[List[Dict[str, Any]], List[DeadLetter]]:
-    """Rows for a one-record request whose call succeeded at the HTTP level."""
-    (item,) = request.items
-    parsed = answers.parse_single_answer(message_text(message), _attr(message, "stop_reason"),
-                                         ctx.output_schema)
-    if not parsed.ok:
-        return [], [dead_letter(request, item, sent, Stage.VALIDATE, parsed.reason, parsed.message)]
-    return [result_row(ctx, request, item, sent, message, parsed.output, usage_of(message), batch=batch)], []
+def add_usage(a: Optional[Mapping[str, int]], b: Optional[Mapping[str, int]]) -> Dict[str, int]:
+    return {k: int((a or {}).get(k) or 0) + int((b or {}).get(k) or 0) for k in USAGE_KEYS}
+
+
+#: record id -> tokens it already consumed in earlier, failed attempts.
+Carried = Mapping[str, Mapping[str, int]]
+
+
+@dataclasses.dataclass
+class Resolution:
+    """What one answered request means for each of its records.
+
+    rows:    result rows (the record's answer is trusted);
+    dead:    dead letters (no more attempts);
+    reasks:  groups of record ids to ask again, each as one request;
+    carried: for every re-asked id, the tokens spent on it so far (its
+             final row carries the sum, so the output adds up to the bill);
+    invented: ids the answer made up (dropped, counted).
+    """
+
+    rows: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    dead: List[DeadLetter] = dataclasses.field(default_factory=list)
+    reasks: List[List[str]] = dataclasses.field(default_factory=list)
+    carried: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
+    invented: int = 0
+
+
+def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batch: bool,
+            carried: Optional[Carried] = None, max_reasks: int = 0) -> Resolution:
+    """Sort the records of an answered request into rows, dead letters and re-asks.
+
+    The request's usage is shared over all its items in proportion to their
+    tokens (exact integers), and each record's share is added to what it
+    consumed in earlier attempts: the `results` and `dead_letter` token
+    columns together sum exactly to what the API billed.
+    """
+    carried = carried or {}
+    usage = usage_of(message)
+    shares = share_usage(usage, [max(1, i.tokens) for i in request.items])
+    spent = {i.record_id: add_usage(s, carried.get(i.record_id)) for i, s in zip(request.items, shares)}
+    for spent_usage in spent.values():
+        spent_usage["service_tier"] = usage.get("service_tier")
+    by_id = {i.record_id: i for i in request.items}
+    text, stop = message_text(message), _attr(message, "stop_reason")
+    out = Resolution()
+
+    def cost(record_id: str) -> float:
+        return ctx.prices.cost(ctx.model, spent[record_id], batch=batch)
+
+    if not request.packed:
+        (item,) = request.items
+        parsed = answers.parse_single_answer(text, stop, ctx.output_schema)
+        if parsed.ok:
+            out.rows.append(result_row(ctx, request, item, sent, message, parsed.output,
+                                       spent[item.record_id], batch=batch))
+        else:
+            out.dead.append(dead_letter(request, item, sent, Stage.VALIDATE, parsed.reason, parsed.message,
+                                        spent[item.record_id], cost(item.record_id)))
+        return out
+
+    outcome = answers.parse_pack_answer(text, stop, request.record_ids, ctx.output_schema)
+    out.invented = len(outcome.invented)
+    for record_id, output in outcome.valid.items():
+        out.rows.append(result_row(ctx, request, by_id[record_id], sent, message, output,
+                                   spent[record_id], batch=batch))
+    failures = outcome.failures()
+    plan = answers.reask_plan(list(failures), request.attempt, max_reasks) if failures else []
+    if plan is None:
+        for record_id, (reason, why) in failures.items():
+            out.dead.append(dead_letter(request, by_id[record_id], sent, Stage.UNPACK, reason, why,
+                                        spent[record_id], cost(record_id)))
+    else:
+        out.reasks = plan
+        out.carried = {record_id: spent[record_id] for record_id in failures}
+    return out
+
+
+def failed_request(ctx: RowContext, request: Request, sent: Sent, stage: Stage, reason: Reason,
+                   message: str, *, batch: bool, carried: Optional[Carried] = None) -> List[DeadLetter]:
+    """Dead letters for every record of a request that got no usable answer."""
+    carried = carried or {}
+    dead = []
+    for item in request.items:
+        spent = carried.get(item.record_id)
+        dead.append(dead_letter(request, item, sent, stage, reason, message, spent,
+                                ctx.prices.cost(ctx.model, spent, batch=batch) if spent else None))
+    return dead
 
 
 def dead_letter_row(dl: DeadLetter, run_id: str, mode: str, created_at: Optional[dt.datetime] = None) -> Dict[str, Any]:
@@ -132,4 +213,6 @@ def dead_letter_row(dl: DeadLetter, run_id: str, mode: str, created_at: Optional
         "stage": dl.stage, "error_type": dl.error_type, "error_message": dl.error_message,
         "raw": dl.raw, "source": dl.source, "attempts": dl.attempts,
         "batch_id": dl.batch_id, "custom_id": dl.custom_id, "created_at": created_at or now(),
+        "cost_usd": dl.cost_usd,
+        **{k: (int(dl.usage.get(k) or 0) if dl.usage else None) for k in USAGE_KEYS},
     }

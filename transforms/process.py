@@ -10,11 +10,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms.batch_api import PollSettings, SubmitBatches
 from transforms.batching import BatchBounds, BatchByWeight
-from transforms.client import ApiSettings
+from transforms.client import ApiSettings, RetryPolicy
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
-from transforms.retry import RetryPolicy
 from transforms.task import TemplateError
 
 __all__ = ["ProcessWithClaude", "ProcessSettings"]

@@ -87,6 +87,10 @@ class DeadLetter:
     attempts: int = 0
     batch_id: Optional[str] = None
     custom_id: Optional[str] = None
+    #: Tokens this record consumed before it failed (its share of every
+    #: request it was in), and their cost: the dead letter is billed too.
+    usage: Optional[Mapping[str, int]] = None
+    cost_usd: Optional[float] = None
 
 
 #: A line of input before normalization: (source file, position, raw value).

@@ -113,20 +113,34 @@ class RequestBuilder:
         body = {"custom_id": empty.custom_id, "params": self.params(empty)}
         return len(json.dumps(body, separators=(",", ":"))), estimate_request_tokens(body["params"])
 
-    def single(self, record: Record, shared: Optional[Tuple[int, int]] = None) -> Request:
+    def single(self, record: Record, shared: Optional[Tuple[int, int]] = None, attempt: int = 1) -> Request:
         """One record, one request. Raises TemplateError when the template cannot render."""
         content = self.task.render(record)
         return self._request([record], [content], packed=False, max_tokens=self.task.max_tokens,
-                             shared=shared)
+                             shared=shared, attempt=attempt)
 
-    def pack(self, records: Sequence[Record], shared: Optional[Tuple[int, int]] = None) -> Request:
+    def pack(self, records: Sequence[Record], shared: Optional[Tuple[int, int]] = None,
+             attempt: int = 1) -> Request:
         """Several records of one pack key in one request (see packing.py)."""
         contents = [self.task.render(r) for r in records]
         max_tokens = packing.pack_max_tokens(len(records), self.task.item_output_tokens)
-        return self._request(records, contents, packed=True, max_tokens=max_tokens, shared=shared)
+        return self._request(records, contents, packed=True, max_tokens=max_tokens, shared=shared,
+                             attempt=attempt)
+
+    def request_for(self, records: Sequence[Record], packed: bool, attempt: int = 1,
+                    shared: Optional[Tuple[int, int]] = None) -> Request:
+        """A pack when packing and there is more than one record, else a single request."""
+        if packed and len(records) > 1:
+            return self.pack(records, shared=shared, attempt=attempt)
+        (record,) = records
+        return self.single(record, shared=shared, attempt=attempt)
+
+    def expected_output_tokens(self, request: Request) -> int:
+        """What the limiter reserves for the answer before the API tells the truth."""
+        return min(request.max_tokens, self.task.item_output_tokens * len(request.items))
 
     def _request(self, records: Sequence[Record], contents: Sequence[str], *, packed: bool,
-                 max_tokens: int, shared: Optional[Tuple[int, int]]) -> Request:
+                 max_tokens: int, shared: Optional[Tuple[int, int]], attempt: int = 1) -> Request:
         keys = {r.pack_key for r in records}
         if len(keys) != 1:
             raise ValueError(f"a request must hold one pack key, got {len(keys)}")
@@ -142,12 +156,12 @@ class RequestBuilder:
         # json.dumps escapes non-ASCII, so this is the byte size the SDK will send.
         user_bytes = len(json.dumps(user_text))
         return Request(
-            custom_id=packing.custom_id(self.run_id, pack_key, ids),
+            custom_id=packing.custom_id(self.run_id, pack_key, ids, attempt - 1),
             pack_id=packing.pack_id(pack_key, ids),
             pack_key=pack_key, items=items, user_text=user_text, packed=packed,
             max_tokens=max_tokens,
             input_tokens=shared_tokens + estimate_tokens(user_text),
-            size_bytes=shared_bytes + user_bytes)
+            size_bytes=shared_bytes + user_bytes, attempt=attempt)
 
     def shared_size(self, packed: bool) -> Tuple[int, int]:
         return self._shared_size(packed)

@@ -58,6 +58,11 @@ DEAD_LETTER_SCHEMA = pa.schema([
     pa.field("attempts", pa.int32()),
     pa.field("batch_id", pa.string()),
     pa.field("custom_id", pa.string()),
+    pa.field("input_tokens", pa.int64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("cache_creation_input_tokens", pa.int64()),
+    pa.field("cache_read_input_tokens", pa.int64()),
+    pa.field("cost_usd", pa.float64()),
     pa.field("created_at", _TS),
 ])
 

@@ -1,0 +1,97 @@
+"""Benchmarks (scripts that print numbers; never timed unit tests).
+
+  python -m bench batch --records 100000
+
+runs N generated records through the batch route against the emulator (in its
+own process, delays at zero) and, in the same run, a plain Beam pass over the
+same records (read -> stateful DoFn -> Parquet, no API). Each runs in its own
+child process so its wall time and peak RSS are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from bench import datagen
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_mib_of(cmd, env=None):
+    """Like _measure but with a per-child peak (RUSAGE_CHILDREN is cumulative-max)."""
+    wrapper = [sys.executable, "-c",
+               "import resource,subprocess,sys,time,json;t=time.monotonic();"
+               "r=subprocess.run(sys.argv[1:],capture_output=True);"
+               "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+               "sys.stderr.write(r.stdout.decode(errors='replace')[-3000:]+r.stderr.decode(errors='replace')[-3000:] if r.returncode else '');"
+               "print(json.dumps({'wall':time.monotonic()-t,'rss':u.ru_maxrss/1024,'rc':r.returncode}))"] + cmd
+    out = subprocess.run(wrapper, cwd=_ROOT, env=env, capture_output=True, text=True)
+    if out.stderr:
+        sys.stderr.write(out.stderr)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["wall"], data["rss"], data["rc"]
+
+
+def bench_batch(records: int, sizes) -> None:
+    py = sys.executable
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "in.jsonl")
+            datagen.write_jsonl(data, n, seed=1)
+            plain = _peak_mib_of([py, "-m", "bench.plain", "--input", data, "--output", os.path.join(tmp, "plain")])
+            port = _free_port()
+            emu = subprocess.Popen([py, "-m", "emulator", "--port", str(port)], cwd=_ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                for _ in range(100):
+                    try:
+                        urllib.request.urlopen(base + "/_emulator/stats", timeout=1)
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+                env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
+                ours = _peak_mib_of([py, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input", data,
+                                     "--output", os.path.join(tmp, "ours"), "--mode", "batch",
+                                     "--pack-key-field", "customer_id", "--api-base", base,
+                                     "--poll-interval-s", "0.2", "--poll-max-interval-s", "1"], env=env)
+            finally:
+                emu.terminate()
+                emu.wait(10)
+            rows.append((n, plain, ours))
+    print(f"{'records':>8} | {'plain wall s':>12} {'plain MiB':>9} | {'batch wall s':>12} {'batch MiB':>9} | ratio")
+    for n, plain, ours in rows:
+        print(f"{n:>8} | {plain[0]:>12.1f} {plain[1]:>9.0f} | {ours[0]:>12.1f} {ours[1]:>9.0f} | "
+              f"{ours[0] / plain[0]:.2f}x{'' if ours[2] == 0 else '  (FAILED rc=%d)' % ours[2]}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="which", required=True)
+    b = sub.add_parser("batch", help="batch route vs a plain Beam pass")
+    b.add_argument("--records", type=int, default=100_000)
+    b.add_argument("--also", type=int, nargs="*", default=[],
+                   help="extra record counts, to show memory is flat in the number of results")
+    args = parser.parse_args(argv)
+    if args.which == "batch":
+        bench_batch(args.records, sorted(set(args.also + [args.records])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""From a validated request body to a Message: shared by Messages and batches.
+
+Keeps validation, token accounting, caching and answer building in one
+place so a record is answered and billed the same way in every mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from emulator import answers
+from emulator.cache import CachePlan
+from transforms.tokens import estimate_request_tokens
+
+
+class ApiError(Exception):
+    """An error the API would answer with: status, error.type, message."""
+
+    def __init__(self, status: int, etype: str, message: str, headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status = status
+        self.etype = etype
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_request_error", message)
+
+
+def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool = False,
+                    prefix: str = "") -> None:
+    """Raise ApiError(400) with a pydantic-style message for a bad request body."""
+    if not isinstance(params, dict):
+        raise invalid(f"{prefix or 'body'}: Input should be a valid dictionary")
+    p = prefix
+    model = params.get("model")
+    if model is None:
+        raise invalid(f"{p}model: Field required")
+    if not isinstance(model, str) or not model:
+        raise invalid(f"{p}model: Input should be a valid non-empty string")
+    if not count_tokens:
+        mt = params.get("max_tokens")
+        if mt is None:
+            raise invalid(f"{p}max_tokens: Field required")
+        if isinstance(mt, bool) or not isinstance(mt, int):
+            raise invalid(f"{p}max_tokens: Input should be a valid integer")
+        if mt < 1:
+            raise invalid(f"{p}max_tokens: Input should be greater than or equal to 1")
+    messages = params.get("messages")
+    if messages is None:
+        raise invalid(f"{p}messages: Field required")
+    if not isinstance(messages, list) or not messages:
+        raise invalid(f"{p}messages: List should have at least 1 item after validation")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
+        if m.get("role") not in ("user", "assistant"):
+            raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
+        if not isinstance(m.get("content"), (str, list)):
+            raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
+    system = params.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise invalid(f"{p}system: Input should be a valid string or list of text blocks")
+    oc = params.get("output_config")
+    if oc is not None:
+        fmt = oc.get("format") if isinstance(oc, dict) else None
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema" \
+                and not isinstance(fmt.get("schema"), dict):
+            raise invalid(f"{p}output_config.format.schema: Input should be a valid dictionary")
+    if params.get("stream"):
+        if in_batch:
+            raise invalid(f"{p}stream: Streaming is not supported in Message Batches")
+        if not count_tokens:
+            raise invalid(f"{p}stream: streaming responses are not supported by this emulator")
+
+
+@dataclasses.dataclass
+class Prepared:
+    params: Mapping[str, Any]
+    model: str
+    is_pack: bool
+    items: List[answers.Item]
+    ids: List[str]
+    total_tokens: int
+    cache: CachePlan
+
+    @property
+    def billable_input(self) -> int:
+        """What the ITPM bucket is charged: everything but cache reads."""
+        return self.total_tokens - self.cache.read
+
+
+def parse_request(params: Mapping[str, Any]) -> Tuple[bool, List[answers.Item]]:
+    return answers.parse_items(answers.user_text(params))
+
+
+class Engine:
+    """Answers requests with the state's config, cache, faults and stats."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def prepare(self, params: Mapping[str, Any],
+                parsed: Optional[Tuple[bool, List[answers.Item]]] = None) -> Prepared:
+        is_pack, items = parsed if parsed is not None else parse_request(params)
+        cfg = self.state.config
+        model = params["model"]
+        plan = self.state.cache.plan(model, params.get("system"), cfg.min_cacheable_tokens, cfg.time_scale)
+        return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None],
+                        estimate_request_tokens(params), plan)
+
+    def complete(self, prep: Prepared, tier: str) -> Tuple[answers.Answer, Dict[str, Any]]:
+        """Commit the cache, build the answer (pack faults apply) and its usage."""
+        self.state.cache.commit(prep.cache)
+        answer = answers.build_answer(prep.params, prep.is_pack, prep.items, self.state.faults)
+        for name in answer.faults:
+            self.state.stats.fault(name)
+        usage = {
+            "input_tokens": prep.total_tokens - prep.cache.read - prep.cache.create,
+            "output_tokens": answer.output_tokens,
+            "cache_creation_input_tokens": prep.cache.create,
+            "cache_read_input_tokens": prep.cache.read,
+            "service_tier": tier,
+        }
+        return answer, usage
+
+
+def message_body(msg_id: str, model: str, answer_text: str, stop_reason: str,
+                 usage: Mapping[str, Any]) -> Dict[str, Any]:
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": answer_text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": dict(usage),
+    }
