@@ -16,7 +16,9 @@ from transforms.client import ApiSettings, RetryPolicy
 from transforms.costs import load_prices
 from transforms.normalize import FieldMap
 from transforms.outcomes import RowContext, dead_letter_row
+from transforms.messages_api import MessagesSettings
 from transforms.process import ProcessSettings, ProcessWithClaude
+from transforms.ratelimit import Limits
 from transforms.read import ReadRecords
 from transforms.requests import RequestBuilder
 from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
@@ -71,7 +73,12 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Jo
         mode=opts.mode, builder=builder, ctx=ctx,
         api=ApiSettings(base_url=api_base, use_emulator_key=local, timeout_s=opts.request_timeout_s),
         batch_bounds=BatchBounds(max_items=opts.max_requests_per_batch, max_bytes=opts.max_batch_bytes),
-        batch_shards=opts.batch_shards, poll=poll, retry=RetryPolicy(max_attempts=opts.max_attempts))
+        batch_shards=opts.batch_shards, poll=poll, retry=RetryPolicy(max_attempts=opts.max_attempts),
+        pack_size=opts.pack_size, pack_max_input_tokens=opts.pack_max_input_tokens,
+        messages=MessagesSettings(
+            concurrency=opts.concurrency, max_reasks=opts.max_reasks,
+            limits=Limits(rpm=opts.rpm, itpm=opts.itpm, otpm=opts.otpm, rpd=opts.rpd),
+            redis_url=opts.rate_limit_redis))
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
     return Job(task=task, input=opts.input, input_format=opts.input_format,

@@ -8,9 +8,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from transforms.normalize import DEFAULT_MAX_TEXT_BYTES
 from transforms.read import FORMATS
+from transforms.process import DEFAULT_PACK_MAX_INPUT_TOKENS, DEFAULT_PACK_SIZE
 from transforms.requests import DEFAULT_CACHE_MIN_TOKENS
 
-MODES = ("batch",)
+MODES = ("sync", "packed", "batch", "packed-batch")
 LOCAL = "local"
 
 
@@ -33,8 +34,11 @@ class ClaudeOptions(PipelineOptions):
                          help="Replace the Parquet files of an earlier run in --output "
                               "(default: refuse, so no earlier result is lost by accident).")
         job.add_argument("--mode", choices=MODES, default="batch",
-                         help="How to ask Claude. batch: Message Batches API, one record per "
-                              "request, 50%% of the list price.")
+                         help="How to ask Claude. sync: one Messages call per record (the "
+                              "baseline). packed: many records of one pack key per Messages call "
+                              "(instructions paid once per pack). batch: Message Batches API, one "
+                              "record per request, 50%% of the list price. packed-batch: packs "
+                              "inside Message Batches, the cheapest.")
         job.add_argument("--run-id", dest="run_id", default=None,
                          help="Identifier of this run, in every row and in every custom_id. Default: "
                               "derived from the date, task, input and mode, so a rerun of the same "
@@ -99,6 +103,36 @@ class ClaudeOptions(PipelineOptions):
                            help="Give up waiting on a batch after this long; its records go to the "
                                 "dead letter as expired.")
 
+        pack = parser.add_argument_group("packing (packed, packed-batch)")
+        pack.add_argument("--pack-size", dest="pack_size", type=int, default=DEFAULT_PACK_SIZE,
+                          help="Most records in one pack (also capped so the answer fits the "
+                               "output budget: item_output_tokens of the task per record).")
+        pack.add_argument("--pack-max-input-tokens", dest="pack_max_input_tokens", type=int,
+                          default=DEFAULT_PACK_MAX_INPUT_TOKENS,
+                          help="Most estimated input tokens of a pack's records; a larger "
+                               "record goes alone.")
+        pack.add_argument("--max-reasks", dest="max_reasks", type=int, default=2,
+                          help="Times the ids a pack failed to answer (missing, invalid, "
+                               "duplicated, truncated) are asked again: first in half packs, then "
+                               "alone. Only failed ids are re-sent.")
+
+        msgs = parser.add_argument_group("Messages API (sync, packed): concurrency and rate limits")
+        msgs.add_argument("--concurrency", type=int, default=8,
+                          help="Calls in flight per worker process (a 529 halves it for a while).")
+        msgs.add_argument("--rpm", type=int, default=None,
+                          help="Requests per minute of the account for this model. Default: "
+                               "learned from the API's anthropic-ratelimit-* headers.")
+        msgs.add_argument("--itpm", type=int, default=None,
+                          help="Input tokens per minute (cache reads excluded). Default: from headers.")
+        msgs.add_argument("--otpm", type=int, default=None,
+                          help="Output tokens per minute. Default: from headers.")
+        msgs.add_argument("--rpd", type=int, default=None,
+                          help="Requests per day, when the account has such a limit (no header "
+                               "reports it).")
+        msgs.add_argument("--rate-limit-redis", dest="rate_limit_redis", default=None,
+                          help="redis://host:port[/db]: share one rate-limit budget among all "
+                               "workers (default: one budget per worker process).")
+
         local = parser.add_argument_group("local emulator (with --api-base local)")
         local.add_argument("--emulator-batch-delay-s", dest="emulator_batch_delay_s", type=float,
                            default=0.0, help="Seconds a batch stays in_progress in the emulator.")
@@ -133,3 +167,14 @@ def validate(opts: ClaudeOptions) -> None:
         raise ValueError("--max-attempts must be >= 1")
     if opts.max_tokens is not None and opts.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
+    for name in ("pack_size", "pack_max_input_tokens", "concurrency"):
+        if getattr(opts, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if opts.max_reasks < 0:
+        raise ValueError("--max-reasks must be >= 0")
+    for name in ("rpm", "itpm", "otpm", "rpd"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1")
+    if opts.rate_limit_redis and not opts.rate_limit_redis.startswith(("redis://", "rediss://")):
+        raise ValueError("--rate-limit-redis must be a redis:// URL")

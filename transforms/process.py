@@ -3,22 +3,32 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from transforms import packing
 from transforms.batch_api import PollSettings, SubmitBatches
 from transforms.batching import BatchBounds, BatchByWeight
 from transforms.client import ApiSettings, RetryPolicy
+from transforms.messages_api import CallMessages, MessagesSettings
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
 from transforms.task import TemplateError
+from transforms.tokens import estimate_tokens
 
-__all__ = ["ProcessWithClaude", "ProcessSettings"]
+__all__ = ["ProcessWithClaude", "ProcessSettings", "MODES"]
 
 DEAD = "dead_letter"
+MODES = ("sync", "packed", "batch", "packed-batch")
+#: Records per pack by default: big enough that the shared instructions are a
+#: small share of each request, small enough that one bad answer costs little.
+DEFAULT_PACK_SIZE = 20
+#: Estimated input tokens of a pack's items: keeps packs far from any
+#: context window and keeps a re-ask cheap.
+DEFAULT_PACK_MAX_INPUT_TOKENS = 24_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,26 +43,86 @@ class ProcessSettings:
     batch_shards: int = 1
     poll: PollSettings = PollSettings()
     retry: RetryPolicy = RetryPolicy()
+    pack_size: int = DEFAULT_PACK_SIZE
+    pack_max_input_tokens: int = DEFAULT_PACK_MAX_INPUT_TOKENS
+    messages: MessagesSettings = MessagesSettings()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def packed(self) -> bool:
+        return self.mode in ("packed", "packed-batch")
+
+    def pack_bounds(self) -> BatchBounds:
+        fits = packing.max_pack_items(self.builder.task.item_output_tokens)
+        return BatchBounds(max_items=max(1, min(self.pack_size, fits)), max_tokens=self.pack_max_input_tokens)
 
 
-class _BuildRequests(beam.DoFn):
-    """Record -> Request (one record each); a template that cannot render is a dead letter."""
+class _CheckPrompts(beam.DoFn):
+    """Passes records whose prompt renders; a record the template cannot render
+    is a dead letter here, before it can fail a whole pack or batch."""
 
     def __init__(self, builder: RequestBuilder):
-        self._builder = builder
-        self._shared = None
-
-    def setup(self):
-        # The shared part of every request is measured once per worker.
-        self._shared = self._builder.shared_size(packed=False)
+        self._task = builder.task
 
     def process(self, record: Record) -> Iterator:
         try:
-            yield self._builder.single(record, shared=self._shared)
+            self._task.render(record)
         except TemplateError as e:
             yield TaggedOutput(DEAD, DeadLetter(
                 record_id=record.record_id, pack_key=record.pack_key, stage=Stage.RENDER.value,
                 error_type=Reason.TEMPLATE_ERROR.value, error_message=str(e)))
+            return
+        yield record
+
+
+class _BuildBatchRequests(beam.DoFn):
+    """Work -> Request (singles) or (Request, records) (packs: kept for re-asks)."""
+
+    def __init__(self, builder: RequestBuilder, packed: bool):
+        self._builder = builder
+        self._packed = packed
+        self._shared = None
+
+    def setup(self):
+        # The shared part of every request is measured once per worker.
+        self._shared = {p: self._builder.shared_size(p) for p in (False, True)}
+
+    def process(self, work: Tuple[Record, ...]) -> Iterator[Union[Request, Tuple[Request, Tuple[Record, ...]]]]:
+        packed = self._packed and len(work) > 1
+        request = self._builder.request_for(list(work), self._packed, shared=self._shared[packed])
+        yield (request, work) if self._packed else request
+
+
+class _PackRecords(beam.DoFn):
+    """(pack_key, records) -> packs (tuples of Records) within the pack bounds.
+
+    Streams the group once, greedily; a record larger than the token bound
+    goes alone. Packing after a GroupByKey rather than in a timer-flushed
+    stateful DoFn: elements a timer emits at the end of the global window
+    reach a second timer-flushed stage (the batcher) after its own timer
+    fired, and the DirectRunner then never flushes them.
+    """
+
+    def __init__(self, bounds: BatchBounds, builder: RequestBuilder):
+        self._bounds = bounds
+        self._task = builder.task
+
+    def process(self, element) -> Iterator[Tuple[Record, ...]]:
+        _, records = element
+        pack, size, tokens = [], 0, 0
+        for record in sorted(records, key=lambda r: r.record_id):  # deterministic packs on retry
+            add_tokens = estimate_tokens(self._task.render(record))
+            add_size = len(record.text)
+            if self._bounds.would_overflow(len(pack), size, tokens, add_size, add_tokens):
+                yield tuple(pack)
+                pack, size, tokens = [], 0, 0
+            pack.append(record)
+            size, tokens = size + add_size, tokens + add_tokens
+        if pack:
+            yield tuple(pack)
 
 
 def shard_of(request: Request, shards: int) -> int:
@@ -60,14 +130,20 @@ def shard_of(request: Request, shards: int) -> int:
     return zlib.crc32(request.custom_id.encode("ascii")) % shards
 
 
-def _weigh(request: Request):
+def _request_of(work) -> Request:
+    return work[0] if isinstance(work, tuple) else work
+
+
+def _weigh_request(work):
+    request = _request_of(work)
     return request.size_bytes, request.input_tokens
 
 
 class ProcessWithClaude(beam.PTransform):
     """PCollection[Record] -> {'results': PCollection[dict], 'dead_letter': PCollection[DeadLetter]}.
 
-    Every input record ends in exactly one of the two outputs.
+    Every input record ends in exactly one of the two outputs. Packs never
+    mix two pack keys; results are matched to records by id, never by position.
     """
 
     def __init__(self, settings: ProcessSettings):
@@ -76,15 +152,27 @@ class ProcessWithClaude(beam.PTransform):
 
     def expand(self, records):
         s = self._s
-        if s.mode != "batch":
-            raise ValueError(f"mode {s.mode!r} is not supported yet")
-        requests = records | "Build requests" >> beam.ParDo(
-            _BuildRequests(s.builder)).with_outputs(DEAD, main="requests")
-        shards = s.batch_shards
-        submitted = (requests.requests
-                     | "Key by shard" >> beam.Map(lambda r: (shard_of(r, shards), r))
-                     | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh)
-                     | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry))
-        dead = ((requests[DEAD], submitted["dead_letter"])
+        checked = records | "Check prompts" >> beam.ParDo(_CheckPrompts(s.builder)).with_outputs(
+            DEAD, main="records")
+        if s.packed:
+            works = (checked.records
+                     | "Key by pack key" >> beam.Map(lambda r: (r.pack_key, r))
+                     | "Group by pack key" >> beam.GroupByKey()
+                     | "Pack records" >> beam.ParDo(_PackRecords(s.pack_bounds(), s.builder)))
+        else:
+            works = checked.records | "One record per request" >> beam.Map(lambda r: (r,))
+
+        if s.mode in ("sync", "packed"):
+            out = works | "Call Messages" >> CallMessages(s.api, s.builder, s.ctx, s.retry, s.messages,
+                                                          packed=s.packed)
+        else:
+            shards = s.batch_shards
+            out = (works
+                   | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
+                   | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w))
+                   | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
+                   | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry,
+                                                       max_reasks=s.messages.max_reasks))
+        dead = ((checked[DEAD], out["dead_letter"])
                 | "Merge processing dead letters" >> beam.Flatten())
-        return {"results": submitted["results"], "dead_letter": dead}
+        return {"results": out["results"], "dead_letter": dead}

@@ -278,7 +278,11 @@ class RetryEvent:
 
 @dataclasses.dataclass
 class RetryStats:
-    """Filled in by the loop: pass one in to read the attempts of a call."""
+    """Filled in by the loop: pass one in to read the attempts of a call.
+
+    attempts: calls of fn; retries: sleeps between them; slept_s: their total;
+    by_kind: failures counted by :class:`Kind`; last_decision: the latest one.
+    """
 
     attempts: int = 0
     retries: int = 0
@@ -339,7 +343,7 @@ def make_retrying(*, limiter: Any = None, gate: Any = None, max_attempts: int = 
         exc = outcome.exception()
         decision = classify(exc)
         retry_state._pipeline_decision = decision  # type: ignore[attr-defined]
-        stats.by_kind[decision.kind.value] += 1
+        stats.by_kind[decision.kind] += 1
         stats.last_decision = decision
         _react(decision, exc, limiter, gate)
         return decision.retryable

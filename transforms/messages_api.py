@@ -1,0 +1,220 @@
+"""The Messages route (`sync` and `packed`): rate-limited calls from a bounded thread pool.
+
+Each input element is a list of Works (one record for `sync`, one pack for
+`packed`, grouped by BatchElements so a bundle can keep `concurrency` calls in
+flight). A process-wide limiter paces calls to the account's RPM/ITPM/OTPM,
+a concurrency gate backs off on 529, and tenacity retries what can be
+retried. Failed ids of a pack are re-asked (half packs, then alone); a
+request the API refuses as too large is split; a spend-cap 429 stops every
+further call of this process and dead-letters the rest as `spend_limit`.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import logging
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from transforms import ratelimit, retry
+from transforms.client import ApiSettings, RetryPolicy, make_client
+from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
+from transforms.records import Reason, Record, Stage
+from transforms.requests import Request, RequestBuilder
+
+__all__ = ["CallMessages", "MessagesSettings"]
+
+_LOG = logging.getLogger(__name__)
+DEAD = "dead_letter"
+
+#: Works of one element (BatchElements) per worker thread: enough to keep the
+#: pool busy between elements without holding many answers in memory.
+WORKS_PER_THREAD = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MessagesSettings:
+    """Picklable settings of the Messages route; no secrets."""
+
+    concurrency: int = 8
+    max_reasks: int = 2
+    limits: Optional[ratelimit.Limits] = None
+    redis_url: Optional[str] = None
+    burst_seconds: float = ratelimit.DEFAULT_BURST_SECONDS
+
+    def budget_key(self, api: ApiSettings, model: str) -> str:
+        """One budget per (endpoint, model): what the API's limits are keyed by.
+        Hashed so the key (which may reach Redis) never holds a URL with credentials."""
+        return hashlib.sha256(f"{api.base_url}|{model}".encode()).hexdigest()[:16]
+
+
+#: The records of one call: one for `sync`, a pack for `packed`.
+Work = Tuple[Record, ...]
+
+
+class _Halted(Exception):
+    """A spend cap (or another account-wide refusal) stopped this process's calls."""
+
+
+class _CallMessagesDoFn(beam.DoFn):
+
+    def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
+                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool):
+        self._api = api
+        self._builder = builder
+        self._ctx = ctx
+        self._retry = retry_policy
+        self._s = settings
+        self._packed = packed
+        self._client = None
+        self._pool = None
+        self._halted: Optional[str] = None
+        self._lock = threading.Lock()
+        self._requests = Metrics.counter("claude", "requests")
+        self._rate_limited = Metrics.counter("claude", "responses_429")
+        self._overloaded = Metrics.counter("claude", "responses_529")
+        self._retries = Metrics.counter("claude", "retries")
+        self._throttled_ms = Metrics.counter("claude", "throttled_ms")
+        self._input_tokens = Metrics.counter("claude", "input_tokens")
+        self._output_tokens = Metrics.counter("claude", "output_tokens")
+        self._reasked = Metrics.counter("claude", "reasked_records")
+        self._invented = Metrics.counter("claude", "invented_ids")
+        self._split = Metrics.counter("claude", "split_packs")
+
+    def setup(self):
+        self._client = make_client(self._api)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._s.concurrency, "claude-call")
+        key = self._s.budget_key(self._api, self._builder.task.model)
+        self._limiter = ratelimit.get_limiter(key, functools.partial(
+            ratelimit.create_limiter, self._s.limits, redis_url=self._s.redis_url, name=key,
+            burst_seconds=self._s.burst_seconds))
+        self._gate = ratelimit.get_limiter(key + "#gate", functools.partial(
+            ratelimit.ConcurrencyGate, self._s.concurrency))
+        self._shared = {False: self._builder.shared_size(False), True: self._builder.shared_size(True)}
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._client is not None:
+            self._client.close()
+
+    def process(self, works: Sequence[Work]) -> Iterator:
+        futures = [self._pool.submit(self._solve, list(work), 1, {}) for work in works]
+        for future in concurrent.futures.as_completed(futures):
+            rows, dead = future.result()
+            yield from rows
+            for d in dead:
+                yield TaggedOutput(DEAD, d)
+
+    # -- one request and its consequences (runs on a pool thread) ------------
+
+    def _solve(self, records: List[Record], attempt: int, carried: Carried):
+        rows: List[Dict[str, Any]] = []
+        dead = []
+        request = self._builder.request_for(records, self._packed, attempt,
+                                            shared=self._shared[self._packed and len(records) > 1])
+        submitted_at = now()
+        if self._halted:
+            return rows, failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
+                                        Stage.SUBMIT, Reason.SPEND_LIMIT, self._halted, batch=False,
+                                        carried=carried)
+        stats = retry.RetryStats()
+        try:
+            message, request_id = self._send(request, stats)
+        except Exception as e:  # noqa: BLE001 - every failure is classified: split, halt or dead letter
+            return self._on_failure(request, records, attempt, carried, e, stats, submitted_at)
+        finally:
+            self._count(stats)
+        sent = Sent(request_id=request_id, submitted_at=submitted_at, completed_at=now(),
+                    attempts=attempt)
+        usage = usage_of(message)
+        self._input_tokens.inc(usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                               + usage["cache_read_input_tokens"])
+        self._output_tokens.inc(usage["output_tokens"])
+        res = resolve(self._ctx, request, sent, message, batch=False, carried=carried,
+                      max_reasks=self._s.max_reasks)
+        rows += res.rows
+        dead += res.dead
+        self._invented.inc(res.invented)
+        by_id = {r.record_id: r for r in records}
+        for group in res.reasks:
+            self._reasked.inc(len(group))
+            more_rows, more_dead = self._solve([by_id[i] for i in group], attempt + 1, res.carried)
+            rows += more_rows
+            dead += more_dead
+        return rows, dead
+
+    def _send(self, request: Request, stats: retry.RetryStats):
+        params = self._builder.params(request)
+        expected_output = self._builder.expected_output_tokens(request)
+
+        def attempt():
+            self._requests.inc()
+            with self._limiter.acquire(request.input_tokens, expected_output) as reservation:
+                raw = self._client.messages.with_raw_response.create(**params)
+                reservation.observe_headers(raw.headers)
+                message = raw.parse()
+                u = message.usage
+                # Cache reads do not count toward the input-tokens-per-minute limit.
+                reservation.settle(u.input_tokens + (u.cache_creation_input_tokens or 0), u.output_tokens)
+            return message, raw.headers.get("request-id")
+
+        return self._retry.call(attempt, limiter=self._limiter, gate=self._gate, stats=stats)
+
+    def _on_failure(self, request: Request, records: List[Record], attempt: int, carried: Carried,
+                    exc: BaseException, stats: retry.RetryStats, submitted_at):
+        decision = retry.classify(exc)
+        sent = Sent(submitted_at=submitted_at, attempts=attempt)
+        if decision.kind is retry.Kind.TOO_LARGE and len(records) > 1:
+            # The pack is too big for one request: split it, nobody is at fault.
+            self._split.inc()
+            half = len(records) // 2
+            rows, dead = [], []
+            for part in (records[:half], records[half:]):
+                r, d = self._solve(part, attempt + 1, carried)
+                rows += r
+                dead += d
+            return rows, dead
+        if decision.kind is retry.Kind.SPEND_LIMIT or decision.halt:
+            with self._lock:
+                if not self._halted:
+                    self._halted = (f"calls stopped: {decision.reason}; the account cannot take more "
+                                    "requests until the limit is raised")
+                    _LOG.error("%s", self._halted)
+            return [], failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.SPEND_LIMIT,
+                                      self._halted, batch=False, carried=carried)
+        return [], failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
+                                  decision.reason or type(exc).__name__, batch=False, carried=carried)
+
+    def _count(self, stats: retry.RetryStats):
+        self._retries.inc(stats.retries)
+        self._rate_limited.inc(stats.by_kind.get(retry.Kind.RATE_LIMITED, 0))
+        self._overloaded.inc(stats.by_kind.get(retry.Kind.OVERLOADED, 0))
+        self._throttled_ms.inc(int(stats.slept_s * 1000))
+
+
+class CallMessages(beam.PTransform):
+    """PCollection[Work] -> {'results': rows, 'dead_letter': DeadLetters} through the Messages API."""
+
+    def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
+                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool):
+        super().__init__()
+        self._args = (api, builder, ctx, retry_policy, settings, packed)
+        self._concurrency = settings.concurrency
+
+    def expand(self, works):
+        per_element = self._concurrency * WORKS_PER_THREAD
+        called = (works
+                  # No max_batch_duration_secs: that variant is stateful with a
+                  # processing-time timer, which pushes the DirectRunner onto its
+                  # legacy bundle-based runner.
+                  | "Group for the pool" >> beam.BatchElements(min_batch_size=1, max_batch_size=per_element)
+                  | "Call Messages API" >> beam.ParDo(_CallMessagesDoFn(*self._args)).with_outputs(
+                      DEAD, main="results"))
+        return {"results": called.results, "dead_letter": called[DEAD]}
