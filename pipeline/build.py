@@ -71,7 +71,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Jo
                         timeout_s=opts.batch_timeout_s)
     process = ProcessSettings(
         mode=opts.mode, builder=builder, ctx=ctx,
-        api=ApiSettings(base_url=api_base, use_emulator_key=local, timeout_s=opts.request_timeout_s),
+        api=ApiSettings(base_url=api_base, use_emulator_key=local, timeout_s=opts.request_timeout_s,
+                        api_key_secret=opts.api_key_secret),
         batch_bounds=BatchBounds(max_items=opts.max_requests_per_batch, max_bytes=opts.max_batch_bytes),
         batch_shards=opts.batch_shards, poll=poll, retry=RetryPolicy(max_attempts=opts.max_attempts),
         pack_size=opts.pack_size, pack_max_input_tokens=opts.pack_max_input_tokens,

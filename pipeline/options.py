@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -79,6 +80,10 @@ class ClaudeOptions(PipelineOptions):
                               "(the default when ANTHROPIC_API_KEY is not set). Default with a key: "
                               "the real API. The key is read from ANTHROPIC_API_KEY on each worker, "
                               "never from a flag.")
+        api.add_argument("--api-key-secret", dest="api_key_secret", default=None,
+                         help="Secret Manager version holding the API key "
+                              "(projects/P/secrets/S/versions/V), read by each worker at start-up. "
+                              "Use this on Dataflow: pipeline options are visible in its UI.")
         api.add_argument("--request-timeout-s", dest="request_timeout_s", type=float, default=120.0,
                          help="Timeout of one HTTP call to the API.")
         api.add_argument("--max-attempts", dest="max_attempts", type=int, default=6,
@@ -176,5 +181,8 @@ def validate(opts: ClaudeOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1")
+    if opts.api_key_secret and not re.fullmatch(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+",
+                                                 opts.api_key_secret):
+        raise ValueError("--api-key-secret must look like projects/P/secrets/S/versions/V")
     if opts.rate_limit_redis and not opts.rate_limit_redis.startswith(("redis://", "rediss://")):
         raise ValueError("--rate-limit-redis must be a redis:// URL")

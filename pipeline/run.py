@@ -31,7 +31,8 @@ _LOG = logging.getLogger("pipeline")
 
 
 def _use_emulator(opts: ClaudeOptions) -> bool:
-    return opts.api_base == LOCAL or (opts.api_base is None and not os.environ.get(API_KEY_ENV))
+    return opts.api_base == LOCAL or (opts.api_base is None and not os.environ.get(API_KEY_ENV)
+                                      and not opts.api_key_secret)
 
 
 def _announce_emulator(base_url: str, explicit: bool) -> None:

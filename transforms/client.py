@@ -20,15 +20,28 @@ class ApiSettings:
     use_emulator_key: bool = False
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
+    #: Secret Manager version holding the key (projects/P/secrets/S/versions/V):
+    #: the name is not secret, the value is read on the worker in setup().
+    api_key_secret: Optional[str] = None
 
     def api_key(self) -> str:
         if self.use_emulator_key:
             return EMULATOR_KEY
+        if self.api_key_secret:
+            return read_secret(self.api_key_secret)
         key = os.environ.get(API_KEY_ENV)
         if not key:
-            raise RuntimeError(f"{API_KEY_ENV} is not set on this worker; set it, or pass "
-                               "--api-base local to use the local emulator")
+            raise RuntimeError(f"{API_KEY_ENV} is not set on this worker; set it, pass "
+                               "--api-key-secret, or pass --api-base local to use the local emulator")
         return key
+
+
+def read_secret(name: str) -> str:
+    """The value of a Secret Manager secret version (never logged)."""
+    from google.cloud import secretmanager
+
+    client = secretmanager.SecretManagerServiceClient()
+    return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
 
 
 def make_client(settings: ApiSettings):

@@ -96,7 +96,7 @@ def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, messag
         "service_tier": usage.get("service_tier"),
         "cost_usd": ctx.prices.cost(ctx.model, usage, batch=batch),
         "price_table_version": ctx.prices.version,
-        "injection_flags": [],
+        "injection_flags": list(item.flags),
         "submitted_at": sent.submitted_at,
         "completed_at": sent.completed_at,
     }

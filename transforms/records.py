@@ -21,6 +21,8 @@ class Record:
     pack_key: str
     text: str
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Names of the prompt-injection patterns the screen found (provenance).
+    flags: Tuple[str, ...] = ()
 
 
 class Stage(str, enum.Enum):

@@ -32,6 +32,7 @@ class Item:
     input_sha256: str
     tokens: int
     position: int = 0
+    flags: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +147,7 @@ class RequestBuilder:
             raise ValueError(f"a request must hold one pack key, got {len(keys)}")
         pack_key = records[0].pack_key
         ids = [r.record_id for r in records]
-        items = tuple(Item(r.record_id, pack_key, sha256_text(c), estimate_tokens(c), pos)
+        items = tuple(Item(r.record_id, pack_key, sha256_text(c), estimate_tokens(c), pos, tuple(r.flags))
                       for pos, (r, c) in enumerate(zip(records, contents)))
         if packed:
             user_text = packing.render_pack(list(zip(ids, contents)))
