@@ -13,7 +13,9 @@ from pipeline.options import ClaudeOptions
 from transforms.batch_api import PollSettings
 from transforms.batching import BatchBounds
 from transforms.client import ApiSettings, RetryPolicy
+from transforms.batch_api import CollectBatches
 from transforms.costs import load_prices
+from transforms.lifecycle import LedgerSettings
 from transforms.normalize import FieldMap
 from transforms.outcomes import RowContext, dead_letter_row
 from transforms.messages_api import MessagesSettings
@@ -38,6 +40,7 @@ class Job:
     output: str
     fields: FieldMap
     process: ProcessSettings
+    lifecycle: str = "all"
 
     @property
     def run_id(self) -> str:
@@ -55,12 +58,28 @@ def default_run_id(task: Task, input_pattern: str, mode: str, today: Optional[dt
     return f"{today:%Y%m%d}-{digest[:10]}"
 
 
+def run_date(opts: ClaudeOptions) -> dt.date:
+    if opts.run_date:
+        return dt.date.fromisoformat(opts.run_date)
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def _dated(path: Optional[str], day: dt.date) -> Optional[str]:
+    """Substitute {run_date} in a path (date-partitioned outputs for schedulers)."""
+    return path.replace("{run_date}", day.isoformat()) if path else path
+
+
 def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Job:
     """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
     task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
-    run_id = opts.run_id or default_run_id(task, opts.input, opts.mode)
+    day = run_date(opts)
+    output = _dated(opts.output, day).rstrip("/")
+    run_id = opts.run_id or default_run_id(task, opts.input, opts.mode, day)
+    ledger = None
+    if opts.mode in ("batch", "packed-batch"):
+        ledger = LedgerSettings(_dated(opts.ledger, day) or f"{output}/_ledger")
     ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices)
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
@@ -79,25 +98,39 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Jo
         messages=MessagesSettings(
             concurrency=opts.concurrency, max_reasks=opts.max_reasks,
             limits=Limits(rpm=opts.rpm, itpm=opts.itpm, otpm=opts.otpm, rpd=opts.rpd),
-            redis_url=opts.rate_limit_redis))
+            redis_url=opts.rate_limit_redis),
+        ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all")
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
     return Job(task=task, input=opts.input, input_format=opts.input_format,
-               output=opts.output.rstrip("/"), fields=fields, process=process)
+               output=output, fields=fields, process=process, lifecycle=opts.lifecycle)
 
 
-def build(p: beam.Pipeline, job: Job) -> Dict[str, beam.PCollection]:
-    """Adds the whole job to `p`; returns its results and dead-letter PCollections."""
-    read = p | "Read records" >> ReadRecords(job.input, job.fields, job.input_format)
-    processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
-    results = processed["results"]
-    dead = ((read["dead_letter"], processed["dead_letter"])
-            | "All dead letters" >> beam.Flatten())
+def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PCollection]:
+    """Adds the whole job to `p`; returns its results and dead-letter PCollections.
+
+    lifecycle 'collect' reads no input: it collects `open_batches` (ledger key,
+    batch id, requests file) and writes under a prefix of its own, so a later
+    collect adds files beside the earlier ones and never rewrites them.
+    """
+    if job.lifecycle == "collect":
+        s = job.process
+        out = p | "Collect recorded batches" >> CollectBatches(
+            open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll)
+        results, dead = out["results"], out["dead_letter"]
+        prefix = "part-collect-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    else:
+        read = p | "Read records" >> ReadRecords(job.input, job.fields, job.input_format)
+        processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
+        results = processed["results"]
+        dead = ((read["dead_letter"], processed["dead_letter"])
+                | "All dead letters" >> beam.Flatten())
+        prefix = "part-submit" if job.lifecycle == "submit" else "part"
     run_id, mode = job.run_id, job.mode
     dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
     results | "Write results" >> beam.io.WriteToParquet(
-        f"{job.output}/results/part", results_schema(job.task.output_schema),
+        f"{job.output}/results/{prefix}", results_schema(job.task.output_schema),
         file_name_suffix=".parquet")
     dead_rows | "Write dead letters" >> beam.io.WriteToParquet(
-        f"{job.output}/dead_letter/part", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
+        f"{job.output}/dead_letter/{prefix}", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
     return {"results": results, "dead_letter": dead_rows}

@@ -40,6 +40,10 @@ class ClaudeOptions(PipelineOptions):
                               "(instructions paid once per pack). batch: Message Batches API, one "
                               "record per request, 50%% of the list price. packed-batch: packs "
                               "inside Message Batches, the cheapest.")
+        job.add_argument("--run-date", dest="run_date", default=None,
+                         help="Logical date of the run (YYYY-MM-DD, default today in UTC), for "
+                              "schedulers: part of the default run id, and substituted for "
+                              "{run_date} in --output and --ledger (date-partitioned outputs).")
         job.add_argument("--run-id", dest="run_id", default=None,
                          help="Identifier of this run, in every row and in every custom_id. Default: "
                               "derived from the date, task, input and mode, so a rerun of the same "
@@ -104,6 +108,20 @@ class ClaudeOptions(PipelineOptions):
                                 "Default 30 s (0.2 s against the local emulator).")
         batch.add_argument("--poll-max-interval-s", dest="poll_max_interval_s", type=float, default=None,
                            help="Longest wait between status checks. Default 300 s (2 s locally).")
+        batch.add_argument("--ledger", default=None,
+                           help="Batch ledger directory (local or gs://): every submission is "
+                                "recorded before it is created, so a retried bundle or a rerun "
+                                "reuses its batch instead of paying twice. Default: "
+                                "OUTPUT/_ledger. Use gs:// when several workers submit.")
+        batch.add_argument("--lifecycle", choices=("all", "submit", "collect"), default="all",
+                           help="all: create, wait and write results in one job. submit: create "
+                                "and record the batches, then exit (no worker waits for hours). "
+                                "collect: write the results of the run's ended batches; batches "
+                                "still running are left for the next collect (exit code 75).")
+        batch.add_argument("--no-cancel-on-abort", dest="cancel_on_abort", action="store_false",
+                           default=True,
+                           help="On Ctrl-C or SIGTERM, leave this run's batches running (default: "
+                                "cancel them and record them as cancelled).")
         batch.add_argument("--batch-timeout-s", dest="batch_timeout_s", type=float, default=25 * 3600.0,
                            help="Give up waiting on a batch after this long; its records go to the "
                                 "dead letter as expired.")
@@ -181,6 +199,10 @@ def validate(opts: ClaudeOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1")
+    if opts.lifecycle != "all" and opts.mode not in ("batch", "packed-batch"):
+        raise ValueError("--lifecycle submit/collect needs --mode batch or packed-batch")
+    if opts.run_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", opts.run_date):
+        raise ValueError("--run-date must be YYYY-MM-DD")
     if opts.api_key_secret and not re.fullmatch(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+",
                                                  opts.api_key_secret):
         raise ValueError("--api-key-secret must look like projects/P/secrets/S/versions/V")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Dict, List, Optional
@@ -26,6 +27,10 @@ from transforms.task import TaskError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: collect ran, but some batches have not ended yet: run collect again later
+#: (EX_TEMPFAIL from sysexits.h, which schedulers treat as "retry later").
+EXIT_PENDING = 75
+EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
 
@@ -47,6 +52,8 @@ def _check_paths(job: Job, overwrite: bool) -> None:
     matched = FileSystems.match([job.input])[0].metadata_list
     if not matched:
         raise ValueError(f"--input {job.input!r} matches no file")
+    if job.lifecycle == "collect":
+        return  # collect adds files beside the submit job's; it never replaces any
     for sub in ("results", "dead_letter"):
         existing = FileSystems.match([f"{job.output}/{sub}/*.parquet"])[0].metadata_list
         if existing and not overwrite:
@@ -54,6 +61,63 @@ def _check_paths(job: Job, overwrite: bool) -> None:
                              "choose another --output or pass --overwrite")
         if existing:
             FileSystems.delete([m.path for m in existing])
+
+
+class _Aborted(Exception):
+    """SIGTERM or Ctrl-C while the job ran."""
+
+
+@contextlib.contextmanager
+def _abort_on_signals():
+    """Turn SIGTERM (a scheduler's or Dataflow's stop) into the same path as Ctrl-C."""
+    def handler(signum, frame):
+        raise _Aborted(signal.Signals(signum).name)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise _Aborted("SIGINT") from e
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _cancel_run_batches(job: Job) -> int:
+    """Cancel the batches this run started that have not ended; record them as cancelled."""
+    from transforms import ledger as ledger_mod
+    from transforms.client import make_client
+    if job.process.ledger is None:
+        return 0
+    ledger = job.process.ledger.open()
+    client = make_client(job.process.api)
+    cancelled = 0
+    try:
+        for entry in ledger.list(run_id=job.run_id, states=(ledger_mod.CREATED,)):
+            try:
+                client.messages.batches.cancel(entry.batch_id)
+                ledger.update(entry, state=ledger_mod.CANCELLED)
+                cancelled += 1
+            except Exception as e:  # noqa: BLE001 - cancel what can be cancelled, report the rest
+                print(f"warning: could not cancel batch {entry.batch_id}: {type(e).__name__}", file=sys.stderr)
+    finally:
+        client.close()
+    return cancelled
+
+
+def _open_batches(job: Job):
+    from transforms.lifecycle import open_entries
+    ledger = job.process.ledger.open()
+    return [(e.key, e.batch_id, e.extra.get("requests")) for e in open_entries(ledger, job.run_id)]
+
+
+def _mark_collected(job: Job) -> None:
+    from transforms import ledger as ledger_mod
+    ledger = job.process.ledger.open()
+    for entry in ledger.list(run_id=job.run_id, states=(ledger_mod.ENDED,)):
+        try:
+            ledger.update(entry, state=ledger_mod.COLLECTED)
+        except ledger_mod.LedgerConflict:
+            pass
 
 
 def _counters(result) -> Dict[str, int]:
@@ -100,19 +164,53 @@ def run(argv: List[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
 
+        open_batches = None
+        if job.lifecycle == "collect":
+            open_batches = _open_batches(job)
+            if not open_batches:
+                print(f"nothing to collect for run {job.run_id}: no batch is waiting in "
+                      f"{job.process.ledger.path}")
+                return EXIT_OK
         started = time.monotonic()
         p = beam.Pipeline(options=options)
-        build(p, job)
-        result = p.run()
-        state = result.wait_until_finish()
+        build(p, job, open_batches)
+        try:
+            with _abort_on_signals():
+                result = p.run()
+                state = result.wait_until_finish()
+        except _Aborted as e:
+            print(f"aborted by {e}", file=sys.stderr)
+            if opts.cancel_on_abort and job.lifecycle == "all":
+                n = _cancel_run_batches(job)
+                print(f"cancelled {n} batch(es) of run {job.run_id}", file=sys.stderr)
+            return EXIT_ABORTED
         if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
             print(f"error: pipeline ended in state {state}", file=sys.stderr)
             return EXIT_FAILED
-        summary = summary_mod.summarize(job.output, job.run_id, job.mode, _counters(result),
+        counters = _counters(result)
+        if job.lifecycle == "submit":
+            job.process.ledger.open().write_manifest(job.run_id, {
+                "run_id": job.run_id, "mode": job.mode, "output": job.output,
+                "records_read": counters.get("records_read", 0),
+                "batches_created": counters.get("batches_created", 0),
+                "batches_reused": counters.get("batches_reused", 0)})
+            print(f"submitted run {job.run_id}: {counters.get('batches_created', 0)} batch(es) created, "
+                  f"{counters.get('batches_reused', 0)} reused; collect later with the same flags and "
+                  "--lifecycle collect")
+            return EXIT_OK
+        if job.lifecycle == "collect":
+            _mark_collected(job)
+            manifest = job.process.ledger.open().read_manifest(job.run_id) or {}
+            counters["records_read"] = manifest.get("records_read", counters.get("records_read", 0))
+        summary = summary_mod.summarize(job.output, job.run_id, job.mode, counters,
                                         time.monotonic() - started)
         path = summary_mod.write(summary, job.output)
         print(summary_mod.render(summary))
         print(f"  summary         {path}")
+        pending = counters.get("batches_pending", 0)
+        if pending:
+            print(f"{pending} batch(es) have not ended yet: run collect again later", file=sys.stderr)
+            return EXIT_PENDING
         if not summary["one_in_one_out"]:
             print("error: the output does not hold exactly one row per input record", file=sys.stderr)
             return EXIT_FAILED

@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from transforms import lifecycle
 from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
@@ -60,6 +61,7 @@ class SubmittedBatch:
     submitted_at: dt.datetime
     requests: Tuple[Request, ...]
     records: Optional[Dict[str, Record]] = None
+    ledger_key: Optional[str] = None
 
 
 def batch_payload(builder: RequestBuilder, requests: Sequence[Request]) -> List[Dict[str, Any]]:
@@ -69,13 +71,31 @@ def batch_payload(builder: RequestBuilder, requests: Sequence[Request]) -> List[
 class _ApiDoFn(beam.DoFn):
     """Base for DoFns that hold an API client: built in setup(), closed in teardown()."""
 
-    def __init__(self, api: ApiSettings, retry_policy: RetryPolicy):
+    def __init__(self, api: ApiSettings, retry_policy: RetryPolicy,
+                 ledger: Optional[lifecycle.LedgerSettings] = None, run_id: str = ""):
         self._api = api
         self._retry = retry_policy
+        self._ledger_settings = ledger
+        self._run_id = run_id
         self._client = None
+        self._ledger = None
 
     def setup(self):
         self._client = make_client(self._api)
+        if self._ledger_settings is not None:
+            self._ledger = self._ledger_settings.open()
+
+    def _create_batch(self, builder: RequestBuilder, requests: Sequence[Request],
+                      records: Optional[Dict[str, Record]]) -> Tuple[str, bool, Optional[str]]:
+        """(batch_id, reused, ledger key): through the ledger when there is one."""
+        def create():
+            return self._call(self._client.messages.batches.create,
+                              requests=batch_payload(builder, requests))
+        if self._ledger is None:
+            return create().id, False, None
+        return lifecycle.submit_once(
+            self._ledger, self._ledger_settings.path, self._run_id, builder, requests, records,
+            create=create, cancel=lambda batch_id: self._call(self._client.messages.batches.cancel, batch_id))
 
     def teardown(self):
         if self._client is not None:
@@ -92,11 +112,12 @@ class _CreateBatches(_ApiDoFn):
     A Work is a Request, or for packs a (Request, records) pair.
     """
 
-    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext):
-        super().__init__(api, retry_policy)
+    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
+        super().__init__(api, retry_policy, ledger, ctx.run_id)
         self._builder = builder
         self._ctx = ctx
         self._created = Metrics.counter("claude", "batches_created")
+        self._reused = Metrics.counter("claude", "batches_reused")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
 
     def process(self, element: Tuple[Any, List[Any]]) -> Iterator:
@@ -105,8 +126,9 @@ class _CreateBatches(_ApiDoFn):
         records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
         submitted_at = now()
         try:
-            batch = self._call(self._client.messages.batches.create,
-                               requests=batch_payload(self._builder, requests))
+            batch_id, reused, key = self._create_batch(self._builder, requests, records)
+        except lifecycle.SubmissionPending:
+            raise  # another writer is creating this very batch: let Beam retry the bundle
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
             sent = Sent(submitted_at=submitted_at)
             for request in requests:
@@ -114,10 +136,13 @@ class _CreateBatches(_ApiDoFn):
                                         describe_error(e), batch=True):
                     yield TaggedOutput(DEAD, d)
             return
-        self._created.inc()
-        self._sent.inc(len(requests))
-        _LOG.info("created batch %s with %d requests", batch.id, len(requests))
-        yield SubmittedBatch(batch.id, submitted_at, tuple(requests), records)
+        if reused:
+            self._reused.inc()
+        else:
+            self._created.inc()
+            self._sent.inc(len(requests))
+            _LOG.info("created batch %s with %d requests", batch_id, len(requests))
+        yield SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
 
 
 class _CollectBatches(_ApiDoFn):
@@ -129,8 +154,10 @@ class _CollectBatches(_ApiDoFn):
     """
 
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext,
-                 poll: PollSettings, max_reasks: int, sleep=time.sleep):
-        super().__init__(api, retry_policy)
+                 poll: PollSettings, max_reasks: int, ledger=None, wait: bool = True, sleep=time.sleep):
+        super().__init__(api, retry_policy, ledger, ctx.run_id)
+        self._wait = wait
+        self._pending = Metrics.counter("claude", "batches_pending")
         self._builder = builder
         self._ctx = ctx
         self._poll = poll
@@ -146,6 +173,9 @@ class _CollectBatches(_ApiDoFn):
         self._output_tokens = Metrics.counter("claude", "output_tokens")
 
     def _wait_until_ended(self, batch_id: str):
+        if not self._wait:  # collect job: look once, leave running batches for the next run
+            batch = self._call(self._client.messages.batches.retrieve, batch_id)
+            return batch if batch.processing_status == "ended" else None
         deadline = time.monotonic() + self._poll.timeout_s
         for interval in self._poll.intervals():
             batch = self._call(self._client.messages.batches.retrieve, batch_id)
@@ -169,6 +199,10 @@ class _CollectBatches(_ApiDoFn):
     def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]]) -> Iterator:
         pending: Dict[str, Request] = {r.custom_id: r for r in submitted.requests}
         batch = self._wait_until_ended(submitted.batch_id)
+        if batch is None and not self._wait:
+            self._pending.inc()
+            _LOG.warning("batch %s has not ended; left for the next collect run", submitted.batch_id)
+            return
         if batch is None:
             yield from self._dead_all(submitted, pending, carried, Reason.EXPIRED,
                                       f"batch {submitted.batch_id} did not end within {self._poll.timeout_s:.0f} s")
@@ -185,6 +219,8 @@ class _CollectBatches(_ApiDoFn):
         if pending:
             yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
                                       "the batch ended without a result for this request")
+        if self._ledger is not None and submitted.ledger_key:
+            lifecycle.mark(self._ledger, submitted.ledger_key, "ended")
 
     def _outcome(self, request: Request, sent: Sent, result, carried, reasks) -> Iterator:
         kind = result.type
@@ -224,8 +260,7 @@ class _CollectBatches(_ApiDoFn):
         self._reasked.inc(sum(len(g) for g in reasks))
         submitted_at = now()
         try:
-            batch = self._call(self._client.messages.batches.create,
-                               requests=batch_payload(self._builder, requests))
+            batch_id, reused, key = self._create_batch(self._builder, requests, records)
         except Exception as e:  # noqa: BLE001 - refused re-asks become dead letters
             sent = Sent(submitted_at=submitted_at, attempts=attempt)
             for request in requests:
@@ -233,8 +268,9 @@ class _CollectBatches(_ApiDoFn):
                                         describe_error(e), batch=True, carried=carried):
                     yield TaggedOutput(DEAD, d)
             return None
-        self._created.inc()
-        return SubmittedBatch(batch.id, submitted_at, tuple(requests), records)
+        if not reused:
+            self._created.inc()
+        return SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
 
     def _dead_all(self, submitted: SubmittedBatch, pending: Dict[str, Request], carried, reason: Reason,
                   message: str) -> Iterator:
@@ -248,32 +284,79 @@ class _CollectBatches(_ApiDoFn):
 
 
 class SubmitBatches(beam.PTransform):
-    """PCollection[(key, [Request])] -> {'results': rows, 'dead_letter': DeadLetters}.
+    """PCollection[(key, [Work])] -> {'results': rows, 'dead_letter': DeadLetters}.
 
     One Message Batch per input element (the batcher bounds its size); the
     results file is streamed, never loaded whole; each line is matched to its
     request by custom_id, and requests without a line are dead-lettered.
+
+    With a ledger, a submission seen before (a retried bundle, a rerun) reuses
+    its batch. lifecycle='submit' creates and records batches and stops there:
+    a later CollectBatches job writes their results.
     """
 
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
                  poll: PollSettings = PollSettings(), retry_policy: Optional[RetryPolicy] = None,
-                 max_reasks: int = 2):
+                 max_reasks: int = 2, ledger: Optional[lifecycle.LedgerSettings] = None,
+                 lifecycle_stage: str = "all"):
         super().__init__()
+        if lifecycle_stage not in ("all", "submit"):
+            raise ValueError(f"SubmitBatches runs lifecycle 'all' or 'submit', not {lifecycle_stage!r}")
+        if lifecycle_stage == "submit" and ledger is None:
+            raise ValueError("lifecycle 'submit' needs a ledger: the collect job finds batches there")
         self._api = api
         self._builder = builder
         self._ctx = ctx
         self._poll = poll
         self._retry = retry_policy or RetryPolicy()
         self._max_reasks = max_reasks
+        self._ledger = ledger
+        self._stage = lifecycle_stage
 
     def expand(self, batches):
         created = batches | "Create batches" >> beam.ParDo(
-            _CreateBatches(self._api, self._retry, self._builder, self._ctx)).with_outputs(DEAD, main="batches")
+            _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger)
+        ).with_outputs(DEAD, main="batches")
+        if self._stage == "submit":
+            nothing = created.batches | "No results until collect" >> beam.FlatMap(lambda _: ())
+            return {"results": nothing, "dead_letter": created[DEAD]}
         collected = (created.batches
                      | "Spread batches" >> beam.Reshuffle()
                      | "Collect batches" >> beam.ParDo(
                          _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
-                                         self._max_reasks)
+                                         self._max_reasks, self._ledger)
                      ).with_outputs(DEAD, main="results"))
         dead = (created[DEAD], collected[DEAD]) | "Merge batch dead letters" >> beam.Flatten()
         return {"results": collected.results, "dead_letter": dead}
+
+
+class _LoadSubmission(beam.DoFn):
+    """(ledger key, batch_id, requests file) -> SubmittedBatch."""
+
+    def process(self, element) -> Iterator[SubmittedBatch]:
+        key, batch_id, path = element
+        requests, records = lifecycle.read_requests(path)
+        yield SubmittedBatch(batch_id, now(), tuple(requests), records, key)
+
+
+class CollectBatches(beam.PTransform):
+    """PBegin -> {'results', 'dead_letter'}: the results of batches a submit job
+    recorded in the ledger. Batches still running are left (and counted) for
+    the next collect; collected ones are never written twice."""
+
+    def __init__(self, open_batches: Sequence[Tuple[str, str, str]], api: ApiSettings,
+                 builder: RequestBuilder, ctx: RowContext, ledger: lifecycle.LedgerSettings,
+                 retry_policy: Optional[RetryPolicy] = None, max_reasks: int = 2,
+                 poll: PollSettings = PollSettings()):
+        super().__init__()
+        self._open = list(open_batches)
+        self._args = (api, retry_policy or RetryPolicy(), builder, ctx, poll, max_reasks, ledger)
+
+    def expand(self, pbegin):
+        collected = (pbegin
+                     | "Open batches" >> beam.Create(self._open)
+                     | "Load submissions" >> beam.ParDo(_LoadSubmission())
+                     | "Spread batches" >> beam.Reshuffle()
+                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False)
+                                                       ).with_outputs(DEAD, main="results"))
+        return {"results": collected.results, "dead_letter": collected[DEAD]}

@@ -12,6 +12,7 @@ from transforms import packing
 from transforms.batch_api import PollSettings, SubmitBatches
 from transforms.batching import BatchBounds, BatchByWeight
 from transforms.client import ApiSettings, RetryPolicy
+from transforms.lifecycle import LedgerSettings
 from transforms.messages_api import CallMessages, MessagesSettings
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
@@ -46,6 +47,8 @@ class ProcessSettings:
     pack_size: int = DEFAULT_PACK_SIZE
     pack_max_input_tokens: int = DEFAULT_PACK_MAX_INPUT_TOKENS
     messages: MessagesSettings = MessagesSettings()
+    ledger: Optional[LedgerSettings] = None
+    lifecycle: str = "all"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -172,7 +175,8 @@ class ProcessWithClaude(beam.PTransform):
                    | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w))
                    | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
                    | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry,
-                                                       max_reasks=s.messages.max_reasks))
+                                                       max_reasks=s.messages.max_reasks, ledger=s.ledger,
+                                                       lifecycle_stage=s.lifecycle))
         dead = ((checked[DEAD], out["dead_letter"])
                 | "Merge processing dead letters" >> beam.Flatten())
         return {"results": out["results"], "dead_letter": dead}

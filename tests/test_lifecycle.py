@@ -1,0 +1,132 @@
+"""Pay once, lose nothing: the ledger across reruns, the submit/collect split,
+abort, and a SIGKILL in the middle of a run."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import datagen
+from pipeline.run import EXIT_OK, EXIT_PENDING, run
+from tests.conftest import assert_one_in_one_out, read_output
+from transforms import ledger as ledger_mod
+
+TASK = "samples/sentiment.yaml"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def emu_reset(emu):
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0)
+    yield emu
+    emu.configure(faults={}, batch_delay_s=0.0)
+
+
+def _args(emu, data, out, *extra, mode="batch"):
+    return ["--task", TASK, "--input", str(data), "--output", str(out), "--mode", mode,
+            "--pack-key-field", "customer_id", "--api-base", emu.base_url, "--run-id", "lifecycle-test",
+            "--poll-interval-s", "0.05", "--poll-max-interval-s", "0.2", *extra]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "in.jsonl"
+    datagen.write_jsonl(str(path), 60, seed=21, customers=5)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["batch", "packed-batch"])
+def test_rerun_reuses_batches_and_pays_nothing_twice(emu_reset, api_env, tmp_path, data, mode):
+    out = tmp_path / "out"
+    assert run(_args(emu_reset, data, out, mode=mode)) == EXIT_OK
+    created = emu_reset.stats()["batches_created"]
+    assert created >= 1
+    # a scheduler's rerun of the same job: same content, same run id
+    assert run(_args(emu_reset, data, out, "--overwrite", mode=mode)) == EXIT_OK
+    stats = emu_reset.stats()
+    assert stats["batches_created"] == created
+    assert stats["duplicates_billed"] == 0
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert len(results) == 60
+
+
+def test_submit_then_collect(emu_reset, api_env, tmp_path, data):
+    out = tmp_path / "out"
+    emu_reset.configure(batch_delay_s=1.5)
+    assert run(_args(emu_reset, data, out, "--lifecycle", "submit")) == EXIT_OK
+    assert emu_reset.stats()["batches_created"] == 1
+    assert not glob.glob(str(out / "results" / "*.parquet")) or not read_output(str(out))[0]
+    # too early: the batch is still running; nothing is lost, collect later
+    assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_PENDING
+    time.sleep(1.6)
+    assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_OK
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    files = sorted(glob.glob(str(out / "results" / "*.parquet")))
+    # a second collect writes nothing twice
+    assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_OK
+    assert sorted(glob.glob(str(out / "results" / "*.parquet"))) == files
+    ledger = ledger_mod.open_ledger(str(out / "_ledger"))
+    states = [e.state for e in ledger.list(run_id="lifecycle-test")]
+    assert states == ["collected"]
+    assert emu_reset.stats()["batches_created"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["one_in_one_out"] is True
+
+
+def _spawn(emu, data, out, *extra):
+    env = dict(os.environ, ANTHROPIC_API_KEY="test-key-not-a-secret", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *_args(emu, data, out, *extra)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_batch(emu, proc, out, timeout=60):
+    """Until the run's batch exists and the ledger has recorded its id."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no batch was created"
+        if emu.stats()["batches_created"] >= 1 and os.path.isdir(out / "_ledger"):
+            entries = list(ledger_mod.open_ledger(str(out / "_ledger")).list(run_id="lifecycle-test"))
+            if entries and entries[0].batch_id:
+                return
+        time.sleep(0.1)
+
+
+def test_sigkill_after_create_then_rerun_is_complete_and_paid_once(emu_reset, tmp_path, data):
+    out = tmp_path / "out"
+    emu_reset.configure(batch_delay_s=4.0)
+    proc = _spawn(emu_reset, data, out)
+    _wait_for_batch(emu_reset, proc, out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not glob.glob(str(out / "results" / "*.parquet"))
+    rerun = _spawn(emu_reset, data, out, "--overwrite")
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, output.decode()[-3000:]
+    assert emu_reset.stats()["batches_created"] == 1  # no second batch for the same content
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert len(results) == 60
+
+
+def test_sigterm_cancels_the_runs_batches(emu_reset, tmp_path, data):
+    out = tmp_path / "out"
+    emu_reset.configure(batch_delay_s=30.0)
+    proc = _spawn(emu_reset, data, out)
+    _wait_for_batch(emu_reset, proc, out)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output.decode()[-3000:]
+    ledger = ledger_mod.open_ledger(str(out / "_ledger"))
+    entries = list(ledger.list(run_id="lifecycle-test"))
+    assert [e.state for e in entries] == ["cancelled"]
+    assert emu_reset.batch_status(entries[0].batch_id) in ("canceling", "ended")
