@@ -60,13 +60,17 @@ def test_rerun_reuses_batches_and_pays_nothing_twice(emu_reset, api_env, tmp_pat
 
 def test_submit_then_collect(emu_reset, api_env, tmp_path, data):
     out = tmp_path / "out"
-    emu_reset.configure(batch_delay_s=1.5)
+    emu_reset.configure(batch_delay_s=8.0)
     assert run(_args(emu_reset, data, out, "--lifecycle", "submit")) == EXIT_OK
     assert emu_reset.stats()["batches_created"] == 1
     assert not glob.glob(str(out / "results" / "*.parquet")) or not read_output(str(out))[0]
     # too early: the batch is still running; nothing is lost, collect later
     assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_PENDING
-    time.sleep(1.6)
+    batch_id = next(ledger_mod.open_ledger(str(out / "_ledger")).list(run_id="lifecycle-test")).batch_id
+    deadline = time.monotonic() + 30
+    while emu_reset.batch_status(batch_id) != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_OK
     results, dead = read_output(str(out))
     assert_one_in_one_out(str(data), results, dead)

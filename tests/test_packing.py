@@ -418,3 +418,21 @@ def test_custom_id_always_matches_the_batch_api_pattern(run_id, pack_key, record
 def test_public_names_exist():
     for name in packing.__all__:
         assert hasattr(packing, name), name
+
+
+def test_batch_body_is_the_json_of_every_request_params():
+    """The fast, pre-encoded create body equals the plain JSON encoding."""
+    import json
+
+    from transforms.requests import RequestBuilder
+    from transforms.task import Task
+
+    task = Task(model="m", system="Be brief. " * 300, template="{text}",
+                output_schema={"type": "object", "properties": {"label": {"type": "string"}},
+                               "required": ["label"], "additionalProperties": False})
+    builder = RequestBuilder(task=task, run_id="r1")
+    recs = [Record(f"id-{i}", "k", f'text "{i}" é </item>') for i in range(5)]
+    requests = [builder.single(recs[0]), builder.pack(recs[1:4]), builder.single(recs[4])]
+    body = json.loads(builder.batch_body(requests))
+    expected = [{"custom_id": r.custom_id, "params": builder.params(r)} for r in requests]
+    assert body == {"requests": expected}

@@ -126,11 +126,12 @@ def normalize_row(row: Mapping[str, Any], fields: FieldMap, source: str,
         return dead(Reason.INVALID_TEXT, f"field {fields.text_field!r} must be a string, got {type(text).__name__}")
     if not text.strip():
         return dead(Reason.EMPTY_TEXT, f"field {fields.text_field!r} is empty")
-    if _has_surrogates(text):
+    try:
+        size = len(text.encode("utf-8"))  # fails on the lone surrogates of undecodable bytes
+    except UnicodeEncodeError:
         return dead(Reason.INVALID_UTF8, "text contains bytes that are not valid UTF-8")
     if "\x00" in text:
         return dead(Reason.CONTROL_CHARACTERS, "text contains NUL characters")
-    size = len(text.encode("utf-8"))
     if size > fields.max_text_bytes:
         return dead(Reason.TEXT_TOO_LARGE,
                     f"text is {size} bytes, over --max-text-bytes={fields.max_text_bytes}")

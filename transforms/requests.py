@@ -107,6 +107,31 @@ class RequestBuilder:
             params["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         return params
 
+    def batch_body(self, requests: Sequence[Request]) -> bytes:
+        """The JSON body of a Message Batches create call, as bytes.
+
+        Equal to json.dumps({"requests": [{"custom_id", "params": params(r)}]})
+        but built from a once-encoded shared part (system prompt, schema,
+        model): a 100,000-request batch would otherwise re-encode the same
+        instructions 100,000 times, and the SDK would deep-copy them first.
+        """
+        shared = {}
+        parts = [b'{"requests":[']
+        for n, request in enumerate(requests):
+            head = shared.get(request.packed)
+            if head is None:
+                params = self.params(dataclasses.replace(request, user_text="", max_tokens=1))
+                del params["messages"], params["max_tokens"]
+                head = shared[request.packed] = json.dumps(params, separators=(",", ":"))[1:-1].encode()
+            if n:
+                parts.append(b",")
+            parts += [b'{"custom_id":', json.dumps(request.custom_id).encode(), b',"params":{', head,
+                      b',"max_tokens":', str(request.max_tokens).encode(),
+                      b',"messages":[{"role":"user","content":', json.dumps(request.user_text).encode(),
+                      b"}]}}"]
+        parts.append(b"]}")
+        return b"".join(parts)
+
     def _shared_size(self, packed: bool) -> Tuple[int, int]:
         """(bytes, tokens) of a request minus its user text; computed per call
         but cheap relative to json-dumping the full request per record."""
