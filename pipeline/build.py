@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import tempfile
 from typing import Dict, Optional
 
 import apache_beam as beam
@@ -21,7 +22,9 @@ from transforms.outcomes import RowContext, dead_letter_row
 from transforms.messages_api import MessagesSettings
 from transforms.process import ProcessSettings, ProcessWithClaude
 from transforms.ratelimit import Limits
+from transforms.pubsub_source import ReadPubSubRecords, to_json_bytes
 from transforms.read import ReadRecords
+from transforms.sinks import WriteWindowedParquet
 from transforms.requests import RequestBuilder
 from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
 from transforms.task import Task, load_task
@@ -41,6 +44,17 @@ class Job:
     fields: FieldMap
     process: ProcessSettings
     lifecycle: str = "all"
+    subscription: Optional[str] = None
+    topic: Optional[str] = None
+    id_attribute: Optional[str] = None
+    window_secs: float = 60.0
+    output_topic: Optional[str] = None
+    dead_letter_topic: Optional[str] = None
+    use_id_label: bool = True
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.subscription or self.topic)
 
     @property
     def run_id(self) -> str:
@@ -69,17 +83,28 @@ def _dated(path: Optional[str], day: dt.date) -> Optional[str]:
     return path.replace("{run_date}", day.isoformat()) if path else path
 
 
-def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Job:
+def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
+                runner_supports_id_label: bool = False) -> Job:
     """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
     task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
     day = run_date(opts)
     output = _dated(opts.output, day).rstrip("/")
-    run_id = opts.run_id or default_run_id(task, opts.input, opts.mode, day)
+    streaming = bool(opts.input_subscription or opts.input_topic)
+    source = opts.input or opts.input_subscription or opts.input_topic
+    run_id = opts.run_id or default_run_id(task, source, opts.mode, day)
     ledger = None
     if opts.mode in ("batch", "packed-batch"):
-        ledger = LedgerSettings(_dated(opts.ledger, day) or f"{output}/_ledger")
+        if opts.ledger:
+            ledger = LedgerSettings(_dated(opts.ledger, day))
+        elif local:
+            # The in-process emulator forgets its batches when the run ends; a
+            # ledger that outlived it would point a rerun at batches that no
+            # longer exist. Its ledger lives exactly as long as it does.
+            ledger = LedgerSettings(tempfile.mkdtemp(prefix="claude-ledger-"))
+        else:
+            ledger = LedgerSettings(f"{output}/_ledger")
     ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices)
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
@@ -92,7 +117,9 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Jo
         mode=opts.mode, builder=builder, ctx=ctx,
         api=ApiSettings(base_url=api_base, use_emulator_key=local, timeout_s=opts.request_timeout_s,
                         api_key_secret=opts.api_key_secret),
-        batch_bounds=BatchBounds(max_items=opts.max_requests_per_batch, max_bytes=opts.max_batch_bytes),
+        batch_bounds=BatchBounds(max_items=opts.max_requests_per_batch, max_bytes=opts.max_batch_bytes,
+                                 max_buffering_s=opts.max_buffering_secs if streaming else None),
+        max_buffering_s=opts.max_buffering_secs if streaming else None,
         batch_shards=opts.batch_shards, poll=poll, retry=RetryPolicy(max_attempts=opts.max_attempts),
         pack_size=opts.pack_size, pack_max_input_tokens=opts.pack_max_input_tokens,
         messages=MessagesSettings(
@@ -103,7 +130,11 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool) -> Jo
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
     return Job(task=task, input=opts.input, input_format=opts.input_format,
-               output=output, fields=fields, process=process, lifecycle=opts.lifecycle)
+               output=output, fields=fields, process=process, lifecycle=opts.lifecycle,
+               subscription=opts.input_subscription, topic=opts.input_topic,
+               id_attribute=opts.id_attribute, window_secs=opts.window_secs,
+               output_topic=opts.output_topic, dead_letter_topic=opts.dead_letter_topic,
+               use_id_label=runner_supports_id_label)
 
 
 def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PCollection]:
@@ -113,6 +144,8 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
     batch id, requests file) and writes under a prefix of its own, so a later
     collect adds files beside the earlier ones and never rewrites them.
     """
+    if job.streaming:
+        return _build_streaming(p, job)
     if job.lifecycle == "collect":
         s = job.process
         out = p | "Collect recorded batches" >> CollectBatches(
@@ -133,4 +166,26 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
         file_name_suffix=".parquet")
     dead_rows | "Write dead letters" >> beam.io.WriteToParquet(
         f"{job.output}/dead_letter/{prefix}", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
+    return {"results": results, "dead_letter": dead_rows}
+
+
+def _build_streaming(p: beam.Pipeline, job: Job) -> Dict[str, beam.PCollection]:
+    """Pub/Sub -> fixed windows -> the same processing -> Parquet per window (+ topics)."""
+    read = p | "Read records" >> ReadPubSubRecords(job.fields, job.subscription, job.topic, job.id_attribute,
+                                                   job.window_secs, job.use_id_label)
+    processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
+    results = processed["results"]
+    dead = ((read["dead_letter"], processed["dead_letter"])
+            | "All dead letters" >> beam.Flatten())
+    run_id, mode = job.run_id, job.mode
+    dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
+    results | "Write results" >> WriteWindowedParquet(
+        f"{job.output}/results", results_schema(job.task.output_schema))
+    dead_rows | "Write dead letters" >> WriteWindowedParquet(f"{job.output}/dead_letter", DEAD_LETTER_SCHEMA)
+    if job.output_topic:
+        (results | "Results as JSON" >> beam.Map(to_json_bytes)
+         | "Publish results" >> beam.io.WriteToPubSub(job.output_topic))
+    if job.dead_letter_topic:
+        (dead_rows | "Dead letters as JSON" >> beam.Map(to_json_bytes)
+         | "Publish dead letters" >> beam.io.WriteToPubSub(job.dead_letter_topic))
     return {"results": results, "dead_letter": dead_rows}

@@ -156,6 +156,32 @@ class ClaudeOptions(PipelineOptions):
                           help="redis://host:port[/db]: share one rate-limit budget among all "
                                "workers (default: one budget per worker process).")
 
+        stream = parser.add_argument_group("streaming (Pub/Sub)")
+        stream.add_argument("--input-subscription", dest="input_subscription", default=None,
+                            help="Read records from this Pub/Sub subscription "
+                                 "(projects/P/subscriptions/S) instead of --input; runs as a "
+                                 "streaming job.")
+        stream.add_argument("--input-topic", dest="input_topic", default=None,
+                            help="Read from this topic (projects/P/topics/T) through a temporary "
+                                 "subscription.")
+        stream.add_argument("--id-attribute", dest="id_attribute", default=None,
+                            help="Message attribute holding the record id (default: the payload's "
+                                 "--id-field). Also Dataflow's id_label for deduplication.")
+        stream.add_argument("--window-secs", dest="window_secs", type=float, default=60.0,
+                            help="Fixed window length: output files are written per window, "
+                                 "under window-START-END/ directories.")
+        stream.add_argument("--max-buffering-secs", dest="max_buffering_secs", type=float, default=5.0,
+                            help="A pack or a batch waits at most this long (processing time) "
+                                 "for more records before it is sent.")
+        stream.add_argument("--output-topic", dest="output_topic", default=None,
+                            help="Also publish each result row (JSON with provenance) here.")
+        stream.add_argument("--dead-letter-topic", dest="dead_letter_topic", default=None,
+                            help="Also publish each dead-letter row (JSON) here.")
+        stream.add_argument("--streaming-duration-s", dest="streaming_duration_s", type=float,
+                            default=None,
+                            help="Stop the streaming job after this many seconds (demos, tests); "
+                                 "default: run until cancelled.")
+
         local = parser.add_argument_group("local emulator (with --api-base local)")
         local.add_argument("--emulator-batch-delay-s", dest="emulator_batch_delay_s", type=float,
                            default=0.0, help="Seconds a batch stays in_progress in the emulator.")
@@ -175,9 +201,19 @@ def help_parser() -> argparse.ArgumentParser:
 
 def validate(opts: ClaudeOptions) -> None:
     """Fail early, with the flag's name, before any worker starts."""
-    for name in ("task", "input", "output"):
+    streaming = bool(opts.input_subscription or opts.input_topic)
+    if opts.input_subscription and opts.input_topic:
+        raise ValueError("give only one of --input-subscription and --input-topic")
+    if streaming and opts.input:
+        raise ValueError("give either --input (files) or a Pub/Sub source, not both")
+    for name in ("task", "output") + (() if streaming else ("input",)):
         if not getattr(opts, name):
-            raise ValueError(f"--{name} is required")
+            raise ValueError(f"--{name} is required" + ("" if name != "input" else
+                             " (or --input-subscription / --input-topic for streaming)"))
+    if streaming and opts.lifecycle != "all":
+        raise ValueError("--lifecycle submit/collect is for file inputs")
+    if opts.window_secs <= 0 or opts.max_buffering_secs <= 0:
+        raise ValueError("--window-secs and --max-buffering-secs must be > 0")
     if not 1 <= opts.max_requests_per_batch <= MAX_BATCH_REQUESTS:
         raise ValueError(f"--max-requests-per-batch must be within 1..{MAX_BATCH_REQUESTS}")
     if not 1024 <= opts.max_batch_bytes <= MAX_BATCH_BYTES:

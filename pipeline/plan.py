@@ -29,10 +29,9 @@ import datetime as dt
 import hashlib
 import io
 import math
-import random
 import re
 import sys
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from transforms import packing
 from transforms.batching import BatchBounds
@@ -753,10 +752,12 @@ def plan(opts: Any, api_base: Optional[str], local: bool, *, sample: Optional[in
             out_per_record.update(measured)
             shown = ", ".join(f"{out_per_record[v]:.1f} {'alone' if v == 'single' else 'in packs'}"
                               for v in ("single", "packed") if v in measured)
-            where = "the local emulator" if local else "the API"
-            output_source = (f"measured by a pilot of {sent} records on {where} ({shown} tokens per "
-                             f"record; pilot cost ${pilot_cost:.4f}); the task budget "
-                             f"item_output_tokens = {task.item_output_tokens} would plan more")
+            spent = (f"free on the emulator, ${pilot_cost:.4f} at API prices" if local
+                     else f"pilot cost ${pilot_cost:.4f}")
+            output_source = (f"measured by a pilot of {sent} records on "
+                             f"{'the local emulator' if local else 'the API'} ({shown} tokens per "
+                             f"record; {spent}); the task budget item_output_tokens = "
+                             f"{task.item_output_tokens} would plan more")
         except Exception as e:  # noqa: BLE001
             output_source += f"; the pilot failed ({type(e).__name__}: {_short(e)})"
 
@@ -773,7 +774,7 @@ def plan(opts: Any, api_base: Optional[str], local: bool, *, sample: Optional[in
             by_source["from the API's rate-limit headers (pilot)"].append(k.upper())
         else:
             limits[k] = LOWEST_TIER_LIMITS[k]
-            by_source["lowest-tier defaults (anthropic-api.md §4; set --rpm/--itpm/--otpm)"].append(k.upper())
+            by_source["defaults of the lowest usage tier (set --rpm/--itpm/--otpm for your account)"].append(k.upper())
     sources = [f"{'/'.join(ks)} {src}" for src, ks in by_source.items()]
     concurrency = _opt(opts, "concurrency", 8)
     if local:
@@ -945,7 +946,7 @@ def render_plan(plan: Plan) -> str:
         if m.over_budget:
             marks.append("OVER BUDGET")
         lines.append(row + ", ".join(marks))
-    if plan.pilot_cost_usd:
+    if plan.pilot_cost_usd and not a.local:
         lines.append(f"  (the pilot itself cost ${plan.pilot_cost_usd:,.4f})")
     for note in plan.notes:
         lines += _wrap("  note: ", note)
@@ -1023,23 +1024,31 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
     return EXIT_OK
 
 
-def plan_before_run(opts: Any, api_base: Optional[str], local: bool, *, err=None
-                    ) -> Tuple[Optional[Plan], Optional[int]]:
-    """For run.py, before resolve_job: when --mode auto, --deadline or
-    --max-cost-usd is given, plan; resolve `auto` into opts.mode; print the plan
-    and the choice to stderr. Returns (plan or None, exit code to stop with or
-    None to go on): 2 bad deadline, 3 over budget."""
+def plan_before_run(opts: Any, api_base: Optional[str], local: bool, *, always: bool = False,
+                    err=None) -> Tuple[Optional[Plan], Optional[int]]:
+    """For run.py, after the emulator is up and before resolve_job.
+
+    When --mode auto, --deadline or --max-cost-usd is given (or `always`):
+    plan; resolve `auto` into opts.mode; print the plan and the choice to
+    stderr (not when only `always` asked for it). Returns (plan or None, exit
+    code to stop with, or None to go on): 2 bad flag, 3 over budget.
+
+    No pilot unless --plan-pilot asks for one: the pilot's calls would go to
+    the job's own API (or emulator) and be billed there.
+    """
     err = err or sys.stderr
     mode = _opt(opts, "mode", "batch")
-    if mode != "auto" and _opt(opts, "deadline") is None and _opt(opts, "max_cost_usd") is None:
+    asked = mode == "auto" or _opt(opts, "deadline") is not None or _opt(opts, "max_cost_usd") is not None
+    if not asked and not always:
         return None, None
     try:
         deadline_s = validate_plan_options(opts)
     except ValueError as e:
         print(f"error: {e}", file=err)
         return None, 2
-    p = plan(opts, api_base, local, deadline_s=deadline_s)
-    print(render_plan(p), file=err)
+    p = plan(opts, api_base, local, deadline_s=deadline_s, pilot=_opt(opts, "plan_pilot", 0))
+    if asked:
+        print(render_plan(p), file=err)
     if mode == "auto":
         mode, why = choose_mode(p, deadline_s)
         opts.mode = mode
@@ -1086,14 +1095,6 @@ def _split_plan_args(argv: List[str]) -> Tuple[List[str], Dict[str, Any]]:
     if mode_auto:
         extra["mode"] = "auto"
     return rest, extra
-
-
-def _has_option(opts: Any, name: str) -> bool:
-    try:
-        getattr(opts, name)
-        return True
-    except AttributeError:
-        return False
 
 
 class _WithExtra:

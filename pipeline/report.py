@@ -203,12 +203,15 @@ def bucket_timeline(times: Sequence[Any], max_buckets: int = MAX_BUCKETS, start:
 # SVG charts
 
 
-def _ticks(value: float, most: int = 5) -> Tuple[float, float, int]:
+def _ticks(value: float, most: int = 5, integer: bool = False) -> Tuple[float, float, int]:
     """(axis top, tick step, ticks): a 1-2-5 step with at most `most` steps up to the top."""
     if value <= 0:
         return 1.0, 0.25, 4
     exp = 10 ** math.floor(math.log10(value / most))
-    step = next(m * exp for m in (1, 2, 2.5, 5, 10) if value / (m * exp) <= most)
+    if integer:
+        exp = max(1, exp)
+    mults = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * exp for m in mults if value / (m * exp) <= most)
     n = max(1, math.ceil(value / step - 1e-9))
     return n * step, step, n
 
@@ -288,9 +291,7 @@ def throughput_chart(times: Sequence[Any], start: Optional[float] = None) -> str
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="muted">'
                      "no completed results</text></svg>")
         return "".join(parts)
-    y_max, y_step, y_ticks = _ticks(max(counts))
-    if y_step < 1:
-        y_max, y_step, y_ticks = float(max(counts)), 1.0, max(counts)
+    y_max, y_step, y_ticks = _ticks(max(counts), most=6, integer=True)
     total = sum(counts)
     n = len(counts)
     slot = plot_w / n
@@ -313,9 +314,8 @@ def throughput_chart(times: Sequence[Any], start: Optional[float] = None) -> str
         running += c
         points.append(f"L{left + (i + 1) * slot:.1f},{top + plot_h - plot_h * running / total:.1f}")
     parts.append(f'<path class="cumulative" d="{" ".join(points)}"/>')
-    ticks = min(n, 8)
-    for k in range(ticks + 1):
-        i = round(k * n / ticks)
+    every = max(1, math.ceil(n / 8))
+    for i in range(0, n + 1, every):
         x = left + i * slot
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
                      f'{_e(_fmt_duration(i * width_s))}</text>')
@@ -338,7 +338,7 @@ def dead_letter_chart(reasons: Mapping[str, int]) -> str:
                 'has a result</text></svg>')
     height = top + len(items) * (bar_h + gap) + 20
     plot = width - left - right
-    x_max = _ticks(items[0][1])[0] if items[0][1] > 5 else items[0][1]
+    x_max = _ticks(items[0][1], integer=True)[0]
     parts = [f'<svg id="chart-dead" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="Dead letters by reason">']
     y = top
@@ -427,6 +427,9 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
               '<span><i class="sw" style="background:#1d4ed8"></i>actual</span></div>') if plan else \
         '<p class="small muted">No plan in the summary: only this run\'s cost is shown.</p>'
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    tp_note = ('<p class="small muted" style="margin:-6px 0 8px">Message Batches return every result '
+               'of a batch when it ends: the wait, then a step per batch.</p>'
+               if mode in ("batch", "packed-batch") else "")
     model = f" &middot; {_e(plan['model'])}" if plan and plan.get("model") else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -443,7 +446,7 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
 <div class="panel"><h2>Dead letters by reason</h2>{dead_letter_chart(summary.get('dead_letters_by_reason') or {})}
 <p class="small muted">Every input row is a result or a dead letter with its reason, in
 <code>dead_letter/</code>.</p></div>
-<div class="panel wide"><h2>Throughput over time</h2>{throughput_chart(times, _epoch(started))}</div>
+<div class="panel wide"><h2>Throughput over time</h2>{tp_note}{throughput_chart(times, _epoch(started))}</div>
 <div class="panel wide"><h2>Tokens and cost</h2>{_tokens_table(summary)}</div>
 </section>
 <footer>Output: <code>{_e(summary.get('output', ''))}/results</code>,

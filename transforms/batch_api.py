@@ -314,8 +314,9 @@ class SubmitBatches(beam.PTransform):
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
                  poll: PollSettings = PollSettings(), retry_policy: Optional[RetryPolicy] = None,
                  max_reasks: int = 2, ledger: Optional[lifecycle.LedgerSettings] = None,
-                 lifecycle_stage: str = "all"):
+                 lifecycle_stage: str = "all", streaming: bool = False):
         super().__init__()
+        self._streaming = streaming
         if lifecycle_stage not in ("all", "submit"):
             raise ValueError(f"SubmitBatches runs lifecycle 'all' or 'submit', not {lifecycle_stage!r}")
         if lifecycle_stage == "submit" and ledger is None:
@@ -336,8 +337,13 @@ class SubmitBatches(beam.PTransform):
         if self._stage == "submit":
             nothing = created.batches | "No results until collect" >> beam.FlatMap(lambda _: ())
             return {"results": nothing, "dead_letter": created[DEAD]}
-        collected = (created.batches
-                     | "Spread batches" >> beam.Reshuffle()
+        batches = created.batches
+        if not self._streaming:
+            # Bounded: break fusion so every batch is created before any worker
+            # waits on one. Streaming: each flush is its own submission, and the
+            # DirectRunner's streaming Reshuffle was seen to hold elements back.
+            batches = batches | "Spread batches" >> beam.Reshuffle()
+        collected = (batches
                      | "Collect batches" >> beam.ParDo(
                          _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
                                          self._max_reasks, self._ledger)

@@ -16,6 +16,7 @@ from apache_beam.coders import coders
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
                                               on_timer)
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 __all__ = ["BatchBounds", "BatchByWeight"]
 
@@ -33,6 +34,8 @@ class BatchBounds:
     max_items: int
     max_bytes: Optional[int] = None
     max_tokens: Optional[int] = None
+    #: Streaming: flush a batch this long (processing time) after its first element.
+    max_buffering_s: Optional[float] = None
 
     def __post_init__(self):
         if self.max_items < 1:
@@ -78,6 +81,9 @@ class _BatchByWeightDoFn(beam.DoFn):
                 buffer=beam.DoFn.StateParam(BUFFER),
                 weight=beam.DoFn.StateParam(WEIGHT),
                 window_end=beam.DoFn.TimerParam(WINDOW_END)) -> Iterator[Tuple[Any, List[Any]]]:
+        yield from self._add(element, window, buffer, weight, window_end, None)
+
+    def _add(self, element, window, buffer, weight, window_end, buffering) -> Iterator:
         key, value = element
         add_size, add_tokens = self._weigh(value)
         items, size, tokens = weight.read() or (0, 0, 0)
@@ -86,6 +92,8 @@ class _BatchByWeightDoFn(beam.DoFn):
             items, size, tokens = 0, 0, 0
         if items == 0:
             window_end.set(window.max_timestamp())
+            if buffering is not None:
+                buffering.set(Timestamp.now() + Duration(seconds=self._bounds.max_buffering_s))
         buffer.add(value)
         items, size, tokens = items + 1, size + add_size, tokens + add_tokens
         if self._bounds.is_full(items, size, tokens):
@@ -108,6 +116,29 @@ class _BatchByWeightDoFn(beam.DoFn):
             yield key, batch
 
 
+class _BufferedBatchByWeightDoFn(_BatchByWeightDoFn):
+    """The same, plus a processing-time timer: a batch waits at most
+    `max_buffering_s` after its first element (streaming). A separate class
+    because a real-time timer moves the DirectRunner off its fast FnApi runner,
+    which bounded jobs should keep."""
+
+    BUFFERING = TimerSpec("buffering", TimeDomain.REAL_TIME)
+
+    def process(self, element: Tuple[Any, Any],
+                window=beam.DoFn.WindowParam,
+                buffer=beam.DoFn.StateParam(_BatchByWeightDoFn.BUFFER),
+                weight=beam.DoFn.StateParam(_BatchByWeightDoFn.WEIGHT),
+                window_end=beam.DoFn.TimerParam(_BatchByWeightDoFn.WINDOW_END),
+                buffering=beam.DoFn.TimerParam(BUFFERING)) -> Iterator[Tuple[Any, List[Any]]]:
+        yield from self._add(element, window, buffer, weight, window_end, buffering)
+
+    @on_timer(BUFFERING)
+    def on_buffering_timeout(self, key=beam.DoFn.KeyParam,
+                             buffer=beam.DoFn.StateParam(_BatchByWeightDoFn.BUFFER),
+                             weight=beam.DoFn.StateParam(_BatchByWeightDoFn.WEIGHT)):
+        yield from self._flush(key, buffer, weight)
+
+
 class BatchByWeight(beam.PTransform):
     """PCollection[(K, T)] -> PCollection[(K, List[T])], bounded by `bounds`.
 
@@ -122,4 +153,5 @@ class BatchByWeight(beam.PTransform):
         self._weigh = weigh
 
     def expand(self, keyed):
-        return keyed | "Buffer and flush" >> beam.ParDo(_BatchByWeightDoFn(self._bounds, self._weigh))
+        dofn = (_BufferedBatchByWeightDoFn if self._bounds.max_buffering_s else _BatchByWeightDoFn)
+        return keyed | "Buffer and flush" >> beam.ParDo(dofn(self._bounds, self._weigh))

@@ -49,6 +49,8 @@ class ProcessSettings:
     messages: MessagesSettings = MessagesSettings()
     ledger: Optional[LedgerSettings] = None
     lifecycle: str = "all"
+    #: Streaming: packs are cut by size or by this much waiting (processing time).
+    max_buffering_s: Optional[float] = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -60,7 +62,8 @@ class ProcessSettings:
 
     def pack_bounds(self) -> BatchBounds:
         fits = packing.max_pack_items(self.builder.task.item_output_tokens)
-        return BatchBounds(max_items=max(1, min(self.pack_size, fits)), max_tokens=self.pack_max_input_tokens)
+        return BatchBounds(max_items=max(1, min(self.pack_size, fits)), max_tokens=self.pack_max_input_tokens,
+                           max_buffering_s=self.max_buffering_s)
 
 
 class _CheckPrompts(beam.DoFn):
@@ -157,7 +160,15 @@ class ProcessWithClaude(beam.PTransform):
         s = self._s
         checked = records | "Check prompts" >> beam.ParDo(_CheckPrompts(s.builder)).with_outputs(
             DEAD, main="records")
-        if s.packed:
+        if s.packed and s.max_buffering_s:
+            # Streaming: a pack goes out when full or after max_buffering_s.
+            task = s.builder.task
+            works = (checked.records
+                     | "Key by pack key" >> beam.Map(lambda r: (r.pack_key, r))
+                     | "Pack records" >> BatchByWeight(
+                         s.pack_bounds(), lambda r: (len(r.text), estimate_tokens(task.render(r))))
+                     | "Pack as work" >> beam.Map(lambda kv: tuple(kv[1])))
+        elif s.packed:
             works = (checked.records
                      | "Key by pack key" >> beam.Map(lambda r: (r.pack_key, r))
                      | "Group by pack key" >> beam.GroupByKey()
@@ -176,7 +187,8 @@ class ProcessWithClaude(beam.PTransform):
                    | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
                    | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry,
                                                        max_reasks=s.messages.max_reasks, ledger=s.ledger,
-                                                       lifecycle_stage=s.lifecycle))
+                                                       lifecycle_stage=s.lifecycle,
+                                                       streaming=bool(s.max_buffering_s)))
         dead = ((checked[DEAD], out["dead_letter"])
                 | "Merge processing dead letters" >> beam.Flatten())
         return {"results": out["results"], "dead_letter": dead}

@@ -1,0 +1,78 @@
+"""Streaming end to end: the real Pub/Sub emulator, the DirectRunner in
+streaming mode, the Claude emulator; every published message must land in
+results or dead_letter exactly once (bounded wait)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench import datagen
+from tests.pubsub_emulator import create_topic_and_subscription, publish, pubsub_emulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAD = [b"not json at all", b"[1, 2, 3]", b'{"id": "", "text": "empty id"}', b'{"text": "no id"}',
+       json.dumps({"id": "dup-1", "customer_id": "c", "subject": "s", "channel": "email", "text": "first"}).encode(),
+       json.dumps({"id": "dup-1", "customer_id": "c", "subject": "s", "channel": "email", "text": "second"}).encode()]
+
+
+@pytest.fixture(scope="module")
+def pubsub():
+    with pubsub_emulator() as host:
+        yield host
+
+
+def _rows(out):
+    results, dead = [], []
+    for path in glob.glob(os.path.join(out, "results", "*", "*.parquet")):
+        results += pq.read_table(path, columns=["record_id", "mode", "output"]).to_pylist()
+    for path in glob.glob(os.path.join(out, "dead_letter", "*", "*.parquet")):
+        dead += pq.read_table(path, columns=["record_id", "error_type"]).to_pylist()
+    return results, dead
+
+
+@pytest.mark.parametrize("mode,N_GOOD", [("batch", 1000), ("packed", 200)])
+def test_published_messages_all_land_once(pubsub, emu, tmp_path, mode, N_GOOD):
+    topic, sub = create_topic_and_subscription(pubsub, f"records-{mode}", f"records-{mode}-sub")
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub, ANTHROPIC_API_KEY="test-key-not-a-secret")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input-subscription", sub,
+         "--output", out, "--mode", mode, "--pack-key-field", "customer_id", "--api-base", emu.base_url,
+         "--window-secs", "10", "--max-buffering-secs", "1", "--poll-interval-s", "0.1",
+         "--poll-max-interval-s", "0.5", "--streaming-duration-s", "600"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        records = list(datagen.generate_records(N_GOOD, seed=9, customers=40))
+        publish(pubsub, topic, [json.dumps(r).encode() for r in records] + BAD)
+        expected = N_GOOD + len(BAD)
+        deadline = time.monotonic() + 240
+        while True:
+            results, dead = _rows(out)
+            if len(results) + len(dead) >= expected:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {expected} rows landed"
+            time.sleep(1)
+        time.sleep(2)  # anything extra (a duplicate row) would land now
+        results, dead = _rows(out)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ids = [r["record_id"] for r in results]
+    assert len(ids) == len(set(ids)) == N_GOOD + 1  # + the first dup-1
+    assert set(ids) == {r["id"] for r in records} | {"dup-1"}
+    assert all(r["output"] is not None and r["mode"] == mode for r in results)
+    reasons = sorted(d["error_type"] for d in dead)
+    assert reasons == sorted(["malformed_json", "not_an_object", "empty_id", "missing_id", "duplicate_id"])
+    assert len(results) + len(dead) == N_GOOD + len(BAD)
