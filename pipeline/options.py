@@ -21,6 +21,7 @@ class ClaudeOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        first = len(parser._actions)
         job = parser.add_argument_group("job")
         job.add_argument("--task", required=False,
                          help="YAML task file (local or gs://): instructions, template, model, "
@@ -31,15 +32,17 @@ class ClaudeOptions(PipelineOptions):
                          help="Input format; default: from each file's extension.")
         job.add_argument("--output", help="Output directory (local or gs://); receives results/, "
                                           "dead_letter/ and summary.json.")
-        job.add_argument("--overwrite", action="store_true", default=False,
+        job.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag_value,
+                         metavar="true|false",
                          help="Replace the Parquet files of an earlier run in --output "
                               "(default: refuse, so no earlier result is lost by accident).")
-        job.add_argument("--mode", choices=MODES, default="batch",
+        job.add_argument("--mode", choices=MODES + ("auto",), default="batch",
                          help="How to ask Claude. sync: one Messages call per record (the "
                               "baseline). packed: many records of one pack key per Messages call "
                               "(instructions paid once per pack). batch: Message Batches API, one "
                               "record per request, 50%% of the list price. packed-batch: packs "
-                              "inside Message Batches, the cheapest.")
+                              "inside Message Batches, the cheapest. auto: the cheapest mode whose "
+                              "planned wall time meets --deadline (see `python -m pipeline plan`).")
         job.add_argument("--run-date", dest="run_date", default=None,
                          help="Logical date of the run (YYYY-MM-DD, default today in UTC), for "
                               "schedulers: part of the default run id, and substituted for "
@@ -182,9 +185,39 @@ class ClaudeOptions(PipelineOptions):
                             help="Stop the streaming job after this many seconds (demos, tests); "
                                  "default: run until cancelled.")
 
+        from pipeline.plan import add_plan_arguments  # lazy: plan.py imports this module
+        add_plan_arguments(parser)
+
         local = parser.add_argument_group("local emulator (with --api-base local)")
         local.add_argument("--emulator-batch-delay-s", dest="emulator_batch_delay_s", type=float,
                            default=0.0, help="Seconds a batch stays in_progress in the emulator.")
+        _accept_dest_spellings(parser, parser._actions[first:])
+
+
+def _flag_value(text: str) -> bool:
+    """The value of a boolean flag given as --name=value (how Flex Templates pass parameters)."""
+    low = str(text).strip().lower()
+    if low in ("true", "yes", "1"):
+        return True
+    if low in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _accept_dest_spellings(parser: argparse.ArgumentParser, actions) -> None:
+    """Also accept every flag as --<dest>[=value]: --input_format=csv, --prompt_cache=false.
+    Dataflow passes options by dest name (Flex Template parameters, like Beam's
+    own --temp_location). Hidden from --help."""
+    for action in list(actions):
+        alias = f"--{action.dest}"
+        if alias in parser._option_string_actions or not action.option_strings:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            parser.add_argument(alias, dest=action.dest, type=_flag_value, nargs="?", const=True,
+                                default=action.default, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(alias, dest=action.dest, type=action.type, choices=action.choices,
+                                default=action.default, help=argparse.SUPPRESS)
 
 
 def help_parser() -> argparse.ArgumentParser:

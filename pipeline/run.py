@@ -1,7 +1,9 @@
 """Entry point: parse options, start the local emulator when asked, run, summarize.
 
 Exit codes (for schedulers): 0 done; 1 the job failed or broke its
-one-in-one-out promise; 2 bad usage (a flag, the task file, the input)."""
+one-in-one-out promise; 2 bad usage (a flag, the task file, the input);
+3 the planned cost is over --max-cost-usd (nothing was sent); 75 collect ran
+but batches are still running (collect again later); 130 aborted."""
 from __future__ import annotations
 
 import contextlib
@@ -160,6 +162,9 @@ def _counters(result) -> Dict[str, int]:
 
 
 def run(argv: List[str]) -> int:
+    if argv and argv[0] == "plan":
+        from pipeline.plan import plan_command
+        return plan_command(argv[1:])
     if "-h" in argv or "--help" in argv:
         help_parser().print_help()
         return EXIT_OK
@@ -184,6 +189,16 @@ def run(argv: List[str]) -> int:
             emu = stack.enter_context(emulator.running(batch_delay_s=opts.emulator_batch_delay_s))
             api_base = emu.base_url
             _announce_emulator(api_base, explicit=opts.api_base == LOCAL)
+        the_plan = None
+        if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
+            from pipeline.plan import plan_before_run
+            try:
+                the_plan, stop = plan_before_run(opts, api_base, local, always=True)
+            except (ValueError, TaskError, PriceError, OSError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            if stop is not None:
+                return stop
         try:
             job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner)
             _check_paths(job, opts.overwrite)
@@ -207,6 +222,15 @@ def run(argv: List[str]) -> int:
         try:
             with _abort_on_signals():
                 result = p.run()
+                if options.view_as(StandardOptions).no_wait_until_finish:
+                    # A Flex Template launcher must not wait for the job it starts.
+                    try:
+                        jid = result.job_id()
+                    except Exception:  # noqa: BLE001 - template and dry runs have no job id
+                        jid = None
+                    print(f"launched run {job.run_id}" + (f" as job {jid}" if jid else "")
+                          + "; not waiting (--no_wait_until_finish): no summary.json")
+                    return EXIT_OK
                 state = result.wait_until_finish()
         except _Aborted as e:
             print(f"aborted by {e}", file=sys.stderr)
@@ -234,9 +258,13 @@ def run(argv: List[str]) -> int:
             counters["records_read"] = manifest.get("records_read", counters.get("records_read", 0))
         summary = summary_mod.summarize(job.output, job.run_id, job.mode, counters,
                                         time.monotonic() - started)
+        if the_plan is not None:
+            summary["plan"] = the_plan.to_dict()
         path = summary_mod.write(summary, job.output)
         print(summary_mod.render(summary))
         print(f"  summary         {path}")
+        from pipeline.report import write_report
+        print(f"  report          {write_report(job.output, summary)}")
         pending = counters.get("batches_pending", 0)
         if pending:
             print(f"{pending} batch(es) have not ended yet: run collect again later", file=sys.stderr)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Iterator, Optional, Tuple, Union
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -164,7 +164,8 @@ class ProcessWithClaude(beam.PTransform):
             # Streaming: a pack goes out when full or after max_buffering_s.
             task = s.builder.task
             works = (checked.records
-                     | "Key by pack key" >> beam.Map(lambda r: (r.pack_key, r))
+                     | "Key by pack key" >> beam.Map(lambda r: (r.pack_key, r)).with_output_types(
+                         Tuple[str, Record])
                      | "Pack records" >> BatchByWeight(
                          s.pack_bounds(), lambda r: (len(r.text), estimate_tokens(task.render(r))))
                      | "Pack as work" >> beam.Map(lambda kv: tuple(kv[1])))
@@ -183,7 +184,8 @@ class ProcessWithClaude(beam.PTransform):
             shards = s.batch_shards
             out = (works
                    | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
-                   | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w))
+                   | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w)).with_output_types(
+                       Tuple[int, Any])
                    | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
                    | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry,
                                                        max_reasks=s.messages.max_reasks, ledger=s.ledger,
