@@ -24,6 +24,7 @@ from transforms.process import ProcessSettings, ProcessWithClaude
 from transforms.ratelimit import Limits
 from transforms.pubsub_source import ReadPubSubRecords, to_json_bytes
 from transforms.read import ReadRecords
+from transforms.screen import ScreenRecords
 from transforms.sinks import WriteWindowedParquet
 from transforms.requests import RequestBuilder
 from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
@@ -51,6 +52,8 @@ class Job:
     output_topic: Optional[str] = None
     dead_letter_topic: Optional[str] = None
     use_id_label: bool = True
+    injection_policy: str = "flag"
+    injection_patterns: Optional[str] = None
 
     @property
     def streaming(self) -> bool:
@@ -134,7 +137,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                subscription=opts.input_subscription, topic=opts.input_topic,
                id_attribute=opts.id_attribute, window_secs=opts.window_secs,
                output_topic=opts.output_topic, dead_letter_topic=opts.dead_letter_topic,
-               use_id_label=runner_supports_id_label)
+               use_id_label=runner_supports_id_label,
+               injection_policy=opts.injection_policy, injection_patterns=opts.injection_patterns)
 
 
 def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PCollection]:
@@ -154,9 +158,11 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
         prefix = "part-collect-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     else:
         read = p | "Read records" >> ReadRecords(job.input, job.fields, job.input_format)
-        processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
+        screened = read["records"] | "Screen records" >> ScreenRecords(job.injection_policy,
+                                                                        job.injection_patterns)
+        processed = screened["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
         results = processed["results"]
-        dead = ((read["dead_letter"], processed["dead_letter"])
+        dead = ((read["dead_letter"], screened["dead_letter"], processed["dead_letter"])
                 | "All dead letters" >> beam.Flatten())
         prefix = "part-submit" if job.lifecycle == "submit" else "part"
     run_id, mode = job.run_id, job.mode
@@ -173,9 +179,10 @@ def _build_streaming(p: beam.Pipeline, job: Job) -> Dict[str, beam.PCollection]:
     """Pub/Sub -> fixed windows -> the same processing -> Parquet per window (+ topics)."""
     read = p | "Read records" >> ReadPubSubRecords(job.fields, job.subscription, job.topic, job.id_attribute,
                                                    job.window_secs, job.use_id_label)
-    processed = read["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
+    screened = read["records"] | "Screen records" >> ScreenRecords(job.injection_policy, job.injection_patterns)
+    processed = screened["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
     results = processed["results"]
-    dead = ((read["dead_letter"], processed["dead_letter"])
+    dead = ((read["dead_letter"], screened["dead_letter"], processed["dead_letter"])
             | "All dead letters" >> beam.Flatten())
     run_id, mode = job.run_id, job.mode
     dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))

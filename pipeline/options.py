@@ -62,6 +62,14 @@ class ClaudeOptions(PipelineOptions):
                             help="Field whose value is an identity boundary (e.g. customer_id): "
                                  "records with different values never share a prompt. Records "
                                  "without it are never packed with others.")
+        fields.add_argument("--injection-policy", dest="injection_policy",
+                            choices=("flag", "quarantine", "off"), default="flag",
+                            help="Prompt-injection screening before anything is sent. flag: send, "
+                                 "and list the matched patterns in injection_flags. quarantine: "
+                                 "dead-letter as 'injection'. off: no screening.")
+        fields.add_argument("--injection-patterns", dest="injection_patterns", default=None,
+                            help="YAML pattern list replacing the maintained one "
+                                 "(transforms/data/injection_patterns.yaml).")
         fields.add_argument("--max-text-bytes", dest="max_text_bytes", type=int,
                             default=DEFAULT_MAX_TEXT_BYTES,
                             help="Texts larger than this (UTF-8 bytes) go to the dead letter as "
