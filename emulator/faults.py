@@ -22,6 +22,11 @@ Fault names and their options:
     status_429   retry_after=1 429 rate_limit_error with retry-after
     status_529                 529 overloaded_error
     status_500                 500 api_error
+    status_400                 400 invalid_request_error (not retryable)
+    status_401                 401 authentication_error
+    status_403                 403 permission_error
+    status_404                 404 not_found_error
+    status_413                 413 request_too_large
     slow         slow_s=1.0    extra REAL seconds before the answer (then normal)
   Packed answers (pack requests, in Messages and in batches):
     pack_drop_ids       count=1   leave k ids out of the results
@@ -45,7 +50,19 @@ import hashlib
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
 
 HTTP_FAULTS = ("drop_connection", "timeout", "spend_cap_429", "status_429", "status_529",
-               "status_500", "slow")
+               "status_500", "status_400", "status_401", "status_403", "status_404", "status_413", "slow")
+#: Client-error faults: (HTTP status, error.type, message) of the API's answer.
+CLIENT_ERROR_FAULTS = {
+    "status_400": (400, "invalid_request_error",
+                   "messages.0.content: invalid request (injected by the emulator)"),
+    "status_401": (401, "authentication_error", "invalid x-api-key (injected by the emulator)"),
+    "status_403": (403, "permission_error",
+                   "Your API key does not have permission to use the specified resource "
+                   "(injected by the emulator)"),
+    "status_404": (404, "not_found_error", "model: not found (injected by the emulator)"),
+    "status_413": (413, "request_too_large",
+                   "Request exceeds the maximum allowed number of bytes (injected by the emulator)"),
+}
 PACK_FAULTS = ("pack_drop_ids", "pack_duplicate_ids", "pack_invent_ids", "pack_invalid_json",
                "pack_max_tokens", "pack_ignore_schema")
 BATCH_ITEM_FAULTS = ("batch_item_errored", "batch_item_expired")

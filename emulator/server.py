@@ -18,7 +18,7 @@ from emulator.batches import BatchStore
 from emulator.cache import PromptCache
 from emulator.config import EmulatorConfig
 from emulator.engine import ApiError, Engine, invalid, message_body, validate_params
-from emulator.faults import FaultSet
+from emulator.faults import CLIENT_ERROR_FAULTS, FaultSet
 from emulator.limits import RateLimiter
 from emulator.stats import Stats
 from emulator.timeutil import new_id
@@ -213,6 +213,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
         if faults.fire("status_500", ids):
             state.stats.fault("status_500")
             raise ApiError(500, "api_error", "Internal server error", rl_headers)
+        for name, (status, etype, message) in CLIENT_ERROR_FAULTS.items():
+            if faults.fire(name, ids):
+                state.stats.fault(name)
+                raise ApiError(status, etype, message)
         spec = faults.fire("slow", ids)
         if spec:
             state.stats.fault("slow")

@@ -74,7 +74,7 @@ class _CallMessagesDoFn(beam.DoFn):
         self._packed = packed
         self._client = None
         self._pool = None
-        self._halted: Optional[str] = None
+        self._halted: Optional[Tuple[Reason, str]] = None
         self._lock = threading.Lock()
         self._requests = Metrics.counter("claude", "requests")
         self._rate_limited = Metrics.counter("claude", "responses_429")
@@ -97,6 +97,7 @@ class _CallMessagesDoFn(beam.DoFn):
         self._gate = ratelimit.get_limiter(key + "#gate", functools.partial(
             ratelimit.ConcurrencyGate, self._s.concurrency))
         self._shared = {False: self._builder.shared_size(False), True: self._builder.shared_size(True)}
+        self._cached = {p: self._builder.cached_prefix_tokens(p) for p in (False, True)}
 
     def teardown(self):
         if self._pool is not None:
@@ -121,9 +122,9 @@ class _CallMessagesDoFn(beam.DoFn):
                                             shared=self._shared[self._packed and len(records) > 1])
         submitted_at = now()
         if self._halted:
+            reason, why = self._halted
             return rows, failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
-                                        Stage.SUBMIT, Reason.SPEND_LIMIT, self._halted, batch=False,
-                                        carried=carried)
+                                        Stage.SUBMIT, reason, why, batch=False, carried=carried)
         stats = retry.RetryStats()
         try:
             message, request_id = self._send(request, stats)
@@ -153,10 +154,13 @@ class _CallMessagesDoFn(beam.DoFn):
     def _send(self, request: Request, stats: retry.RetryStats):
         params = self._builder.params(request)
         expected_output = self._builder.expected_output_tokens(request)
+        # Reserve what ITPM will count: cached instructions are read, not counted
+        # (a cache miss is settled as debt after the answer).
+        expected_input = max(1, request.input_tokens - self._cached[request.packed])
 
         def attempt():
             self._requests.inc()
-            with self._limiter.acquire(request.input_tokens, expected_output) as reservation:
+            with self._limiter.acquire(expected_input, expected_output) as reservation:
                 raw = self._client.messages.with_raw_response.create(**params)
                 reservation.observe_headers(raw.headers)
                 message = raw.parse()
@@ -171,8 +175,12 @@ class _CallMessagesDoFn(beam.DoFn):
                     exc: BaseException, stats: retry.RetryStats, submitted_at):
         decision = retry.classify(exc)
         sent = Sent(submitted_at=submitted_at, attempts=attempt)
-        if decision.kind is retry.Kind.TOO_LARGE and len(records) > 1:
-            # The pack is too big for one request: split it, nobody is at fault.
+        splittable = decision.kind is retry.Kind.TOO_LARGE or (
+            decision.kind is retry.Kind.FATAL and not decision.halt)
+        if splittable and len(records) > 1:
+            # Too big, or refused (400): split the pack so one record's problem
+            # cannot take its neighbours down with it; a single record then
+            # fails alone.
             self._split.inc()
             half = len(records) // 2
             rows, dead = [], []
@@ -184,11 +192,16 @@ class _CallMessagesDoFn(beam.DoFn):
         if decision.kind is retry.Kind.SPEND_LIMIT or decision.halt:
             with self._lock:
                 if not self._halted:
-                    self._halted = (f"calls stopped: {decision.reason}; the account cannot take more "
-                                    "requests until the limit is raised")
-                    _LOG.error("%s", self._halted)
-            return [], failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.SPEND_LIMIT,
-                                      self._halted, batch=False, carried=carried)
+                    if decision.kind is retry.Kind.SPEND_LIMIT:
+                        self._halted = (Reason.SPEND_LIMIT, f"calls stopped: {decision.reason}; the "
+                                        "account cannot take more requests until the limit is raised")
+                    else:  # 401/402: no request of this run can succeed
+                        self._halted = (Reason.API_ERROR, f"calls stopped: {decision.reason}; check the "
+                                        "API key and the account")
+                    _LOG.error("%s", self._halted[1])
+            reason, why = self._halted
+            return [], failed_request(self._ctx, request, sent, Stage.SUBMIT, reason, why,
+                                      batch=False, carried=carried)
         return [], failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
                                   decision.reason or type(exc).__name__, batch=False, carried=carried)
 

@@ -161,6 +161,15 @@ class RequestBuilder:
         (record,) = records
         return self.single(record, shared=shared, attempt=attempt)
 
+    def cached_prefix_tokens(self, packed: bool) -> int:
+        """Tokens of the instructions marked for caching: once cached they are
+        read, not counted toward the input-tokens-per-minute limit."""
+        blocks = self.system_blocks(packed)
+        if not any("cache_control" in b for b in blocks):
+            return 0
+        from transforms.tokens import system_tokens
+        return system_tokens(blocks)
+
     def expected_output_tokens(self, request: Request) -> int:
         """What the limiter reserves for the answer before the API tells the truth."""
         return min(request.max_tokens, self.task.item_output_tokens * len(request.items))
