@@ -109,7 +109,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
         else:
             ledger = LedgerSettings(f"{output}/_ledger")
     ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
-                     prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices)
+                     prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
+                     max_cost_usd=getattr(opts, "max_cost_usd", None))
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
                              cache_min_tokens=opts.prompt_cache_min_tokens)
     initial, longest = _POLL_DEFAULTS[local]

@@ -1025,7 +1025,7 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
 
 
 def plan_before_run(opts: Any, api_base: Optional[str], local: bool, *, always: bool = False,
-                    err=None) -> Tuple[Optional[Plan], Optional[int]]:
+                    err=None, refuse_over_budget: bool = True) -> Tuple[Optional[Plan], Optional[int]]:
     """For run.py, after the emulator is up and before resolve_job.
 
     When --mode auto, --deadline or --max-cost-usd is given (or `always`):
@@ -1057,9 +1057,12 @@ def plan_before_run(opts: Any, api_base: Optional[str], local: bool, *, always: 
         print(f"warning: {mode} is expected to take {format_duration(p.modes[mode].wall_s)}, past the "
               f"deadline (in {format_duration(deadline_s)})", file=err)
     problem = budget_problem(p, mode, _opt(opts, "max_cost_usd"))
-    if problem:
+    if problem and refuse_over_budget:
         print(f"error: {problem}; nothing was sent", file=err)
         return p, EXIT_OVER_BUDGET
+    if problem:
+        print(f"warning: {problem}; the run stops sending at the cap and dead-letters the rest "
+              "as 'budget'", file=err)
     return p, None
 
 

@@ -193,7 +193,10 @@ def run(argv: List[str]) -> int:
         if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
             from pipeline.plan import plan_before_run
             try:
-                the_plan, stop = plan_before_run(opts, api_base, local, always=True)
+                # An explicit mode runs up to the cap (enforced per request);
+                # `auto` and `plan` refuse a plan over the cap up front.
+                the_plan, stop = plan_before_run(opts, api_base, local, always=True,
+                                                 refuse_over_budget=opts.mode == "auto")
             except (ValueError, TaskError, PriceError, OSError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return EXIT_USAGE

@@ -8,6 +8,12 @@ from typing import Any, Dict, Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
+#: Beam counters shown in the summary: (label, counter name).
+_API_COUNTERS = (("requests", "requests"), ("429s", "responses_429"), ("529s", "responses_529"),
+                 ("retries", "retries"), ("throttled_s", "throttled_ms"),
+                 ("reasked_records", "reasked_records"), ("invented_ids", "invented_ids"),
+                 ("split_packs", "split_packs"))
+
 _SUM_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
                 "cache_read_input_tokens", "cost_usd")
 
@@ -66,6 +72,9 @@ def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
         "cache_read_input_tokens": int(totals["cache_read_input_tokens"]),
         "cost_usd": round(totals["cost_usd"], 6),
         "batches_created": metrics.get("batches_created", 0),
+        "batches_reused": metrics.get("batches_reused", 0),
+        "api": {name: metrics.get(key, 0) for name, key in _API_COUNTERS},
+        "metrics": dict(sorted(metrics.items())),
         "wall_time_s": round(wall_s, 2),
         "output": output,
     }
@@ -84,7 +93,11 @@ def render(summary: Mapping[str, Any]) -> str:
               f"  cache write/read {summary['cache_creation_input_tokens']:>9,} / {summary['cache_read_input_tokens']:,}",
               f"  output tokens   {summary['output_tokens']:>10,}",
               f"  cost            ${summary['cost_usd']:>10.4f}",
-              f"  batches         {summary['batches_created']:>10,}",
+              f"  batches         {summary['batches_created']:>10,}"
+              + (f"  (+{summary['batches_reused']} reused from the ledger)" if summary.get("batches_reused") else ""),
+              "  API             " + (", ".join(
+                  f"{k} {v / 1000 if k == 'throttled_s' else v:,.0f}" for k, v in summary.get("api", {}).items()
+                  if v) or "-"),
               f"  wall time       {summary['wall_time_s']:>9.1f}s",
               f"  output          {summary['output']}/results, {summary['output']}/dead_letter"]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from transforms import lifecycle
+from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
@@ -128,6 +129,18 @@ class _CreateBatches(_ApiDoFn):
         requests = [w[0] if isinstance(w, tuple) else w for w in works]
         records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
         submitted_at = now()
+        budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
+        if budget is not None:
+            # A batch is billed when it ends: its worst case counts from now on.
+            fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
+            for request in requests[fits:]:
+                for d in failed_request(self._ctx, request, Sent(submitted_at=submitted_at), Stage.SUBMIT,
+                                        Reason.BUDGET, f"--max-cost-usd {budget.max_usd:g} reached: not sent",
+                                        batch=True):
+                    yield TaggedOutput(DEAD, d)
+            requests = requests[:fits]
+            if not requests:
+                return
         try:
             batch_id, reused, key = self._create_batch(self._builder, requests, records)
         except lifecycle.SubmissionPending:
@@ -275,6 +288,18 @@ class _CollectBatches(_ApiDoFn):
                     for group in reasks]
         self._reasked.inc(sum(len(g) for g in reasks))
         submitted_at = now()
+        budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
+        if budget is not None:
+            fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
+            for request in requests[fits:]:
+                for d in failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
+                                        Stage.SUBMIT, Reason.BUDGET,
+                                        f"--max-cost-usd {budget.max_usd:g} reached: not re-asked",
+                                        batch=True, carried=carried):
+                    yield TaggedOutput(DEAD, d)
+            requests = requests[:fits]
+            if not requests:
+                return None
         try:
             batch_id, reused, key = self._create_batch(self._builder, requests, records)
         except Exception as e:  # noqa: BLE001 - refused re-asks become dead letters

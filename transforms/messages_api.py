@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from transforms import ratelimit, retry
+from transforms.budget import get_budget, worst_case_usd
 from transforms.client import ApiSettings, RetryPolicy, make_client
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
@@ -125,16 +126,27 @@ class _CallMessagesDoFn(beam.DoFn):
             reason, why = self._halted
             return rows, failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
                                         Stage.SUBMIT, reason, why, batch=False, carried=carried)
+        budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
+        worst = worst_case_usd(self._ctx.prices, self._ctx.model, request, batch=False) if budget else 0.0
+        if budget is not None and not budget.reserve(worst):
+            return rows, failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
+                                        Stage.SUBMIT, Reason.BUDGET,
+                                        f"--max-cost-usd {budget.max_usd:g} reached: not sent",
+                                        batch=False, carried=carried)
         stats = retry.RetryStats()
         try:
             message, request_id = self._send(request, stats)
         except Exception as e:  # noqa: BLE001 - every failure is classified: split, halt or dead letter
+            if budget is not None:
+                budget.settle(worst, 0.0)  # an error answer is not billed
             return self._on_failure(request, records, attempt, carried, e, stats, submitted_at)
         finally:
             self._count(stats)
         sent = Sent(request_id=request_id, submitted_at=submitted_at, completed_at=now(),
                     attempts=attempt)
         usage = usage_of(message)
+        if budget is not None:
+            budget.settle(worst, self._ctx.prices.cost(self._ctx.model, usage, batch=False))
         self._input_tokens.inc(usage["input_tokens"] + usage["cache_creation_input_tokens"]
                                + usage["cache_read_input_tokens"])
         self._output_tokens.inc(usage["output_tokens"])

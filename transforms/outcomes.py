@@ -30,6 +30,8 @@ class RowContext:
     prompt_sha256: str
     output_schema: Optional[Mapping[str, Any]]
     prices: PriceTable
+    #: --max-cost-usd: no request is sent whose worst case would pass it.
+    max_cost_usd: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
