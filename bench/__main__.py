@@ -79,6 +79,59 @@ def bench_batch(records: int, sizes) -> None:
               f"{ours[0] / plain[0]:.2f}x{'' if ours[2] == 0 else '  (FAILED rc=%d)' % ours[2]}")
 
 
+def _start_emulator(*extra):
+    port = _free_port()
+    emu = subprocess.Popen([sys.executable, "-m", "emulator", "--port", str(port), *extra], cwd=_ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/_emulator/stats?items=0", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return emu, base
+
+
+def bench_modes(records: int, concurrency: int) -> None:
+    """Each mode on the same records against the emulator: requests, tokens, cost, wall time."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "in.jsonl")
+        datagen.write_jsonl(data, records, seed=2)
+        for mode in ("sync", "packed", "batch", "packed-batch"):
+            emu, base = _start_emulator()
+            try:
+                out = os.path.join(tmp, mode)
+                env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
+                started = time.monotonic()
+                proc = subprocess.run([sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml",
+                                       "--input", data, "--output", out, "--mode", mode, "--pack-key-field",
+                                       "customer_id", "--api-base", base, "--concurrency", str(concurrency),
+                                       "--poll-interval-s", "0.2", "--poll-max-interval-s", "1",
+                                       "--plan-count-calls", "0"],
+                                      cwd=_ROOT, env=env, capture_output=True, text=True)
+                wall = time.monotonic() - started
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+                stats = json.loads(urllib.request.urlopen(base + "/_emulator/stats?items=0").read())
+                with open(os.path.join(out, "summary.json")) as f:
+                    summary = json.load(f)
+            finally:
+                emu.terminate()
+                emu.wait(10)
+            requests = stats["messages_calls"] + stats["batch_requests_received"]
+            rows.append((mode, requests, summary, wall))
+    sync_cost = rows[0][2]["cost_usd"]
+    print(f"{records:,} records | {'mode':<13} {'requests':>8} {'input':>10} {'cache write':>11} "
+          f"{'cache read':>11} {'output':>9} {'cost $':>9} {'$/1k rec':>9} {'vs sync':>7} {'wall s':>7}")
+    for mode, requests, s, wall in rows:
+        print(f"{'':>{len(f'{records:,} records')}} | {mode:<13} {requests:>8,} {s['input_tokens']:>10,} "
+              f"{s['cache_creation_input_tokens']:>11,} {s['cache_read_input_tokens']:>11,} "
+              f"{s['output_tokens']:>9,} {s['cost_usd']:>9.4f} {1000 * s['cost_usd'] / records:>9.4f} "
+              f"{s['cost_usd'] / sync_cost:>6.0%} {wall:>7.1f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,9 +140,14 @@ def main(argv=None) -> int:
     b.add_argument("--records", type=int, default=100_000)
     b.add_argument("--also", type=int, nargs="*", default=[],
                    help="extra record counts, to show memory is flat in the number of results")
+    m = sub.add_parser("modes", help="the four modes side by side on the same records")
+    m.add_argument("--records", type=int, default=10_000)
+    m.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args(argv)
     if args.which == "batch":
         bench_batch(args.records, sorted(set(args.also + [args.records])))
+    elif args.which == "modes":
+        bench_modes(args.records, args.concurrency)
     return 0
 
 

@@ -293,7 +293,7 @@ def test_make_emails_uses_the_shared_vocabulary():
 REQUIRED_BAD_CASES = {
     "malformed_json", "not_an_object_array", "id_float", "id_bool", "id_object", "missing_id", "empty_id",
     "missing_text", "empty_text", "whitespace_text", "text_number", "duplicate_id_first", "duplicate_id_second",
-    "text_5mb", "text_900kb", "invalid_utf8", "nul_escaped", "nul_raw", "markup_item_close", "markup_item_open",
+    "text_5mb", "text_600kb", "invalid_utf8", "nul_escaped", "nul_raw", "markup_item_close", "markup_item_open",
     "markup_items_to_process", "injection_ignore_instructions", "answer_format_json",
 }
 
@@ -335,7 +335,7 @@ def test_bad_inputs_sizes_and_bytes(bad_inputs):
         return len(json.loads(lines[expected[label]["line"] - 1])["text"].encode("utf-8"))
 
     assert text_bytes("text_5mb") >= 5_000_000 and text_bytes("text_5mb") / 4 > 1_000_000
-    assert 800_000 <= text_bytes("text_900kb") < MAX_TEXT_BYTES
+    assert 500_000 <= text_bytes("text_600kb") < MAX_TEXT_BYTES and text_bytes("text_600kb") / 4 < 180_000
     assert b"\x00" in lines[expected["nul_raw"]["line"] - 1]
     assert b"\\u0000" in lines[expected["nul_escaped"]["line"] - 1]
     assert "\u2028".encode() in lines[expected["unicode_line_separators"]["line"] - 1]

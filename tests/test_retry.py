@@ -242,7 +242,8 @@ def test_classify_real_sdk_errors(server, case, sdk_class, kind, retryable, retr
 def test_classify_retry_after_http_date(server):
     decision = classify(sdk_error(server, "429_date"))
     assert decision.kind is Kind.RATE_LIMITED
-    assert 3500 < decision.retry_after_s <= 3600
+    # the date was fixed at import (now + 1 h); the suite may reach this test minutes later
+    assert 1800 < decision.retry_after_s <= 3600
 
 
 def test_classify_error_type_and_code_come_from_the_body(server):

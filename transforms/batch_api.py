@@ -28,6 +28,8 @@ __all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch"]
 
 _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
+#: Batch item errors worth one more try: the server's fault, not the request's.
+_TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "timeout_error"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +185,7 @@ class _CollectBatches(_ApiDoFn):
         self._failed = Metrics.counter("claude", "batch_results_failed")
         self._unknown = Metrics.counter("claude", "batch_results_unknown_custom_id")
         self._reasked = Metrics.counter("claude", "reasked_records")
+        self._resubmitted = Metrics.counter("claude", "resubmitted_records")
         self._invented = Metrics.counter("claude", "invented_ids")
         self._created = Metrics.counter("claude", "batches_created")
         self._input_tokens = Metrics.counter("claude", "input_tokens")
@@ -205,14 +208,16 @@ class _CollectBatches(_ApiDoFn):
         carried: Dict[str, Dict[str, int]] = {}
         while submitted is not None:
             reasks: List[List[str]] = []
-            for out in self._collect_one(submitted, carried, reasks):
+            retries: List[Request] = []
+            for out in self._collect_one(submitted, carried, reasks, retries):
                 yield out
-            if not reasks:
+            if not reasks and not retries:
                 return
             attempt = max(r.attempt for r in submitted.requests) + 1
-            submitted = yield from self._resubmit(submitted, reasks, attempt, carried)
+            submitted = yield from self._resubmit(submitted, reasks, attempt, carried, retries)
 
-    def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]]) -> Iterator:
+    def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]],
+                     retries: List[Request]) -> Iterator:
         pending: Dict[str, Request] = {r.custom_id: r for r in submitted.requests}
         batch = self._wait_until_ended(submitted.batch_id)
         if batch is None and not self._wait:
@@ -231,7 +236,7 @@ class _CollectBatches(_ApiDoFn):
                 continue
             sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
                         completed_at=completed_at, attempts=request.attempt)
-            yield from self._outcome(request, sent, entry["result"], carried, reasks)
+            yield from self._outcome(request, sent, entry["result"], carried, reasks, retries)
         if pending:
             yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
                                       "the batch ended without a result for this request")
@@ -250,7 +255,8 @@ class _CollectBatches(_ApiDoFn):
                 if line.strip():
                     yield json.loads(line)
 
-    def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks) -> Iterator:
+    def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
+                 retries: List[Request]) -> Iterator:
         kind = result["type"]
         if kind == "succeeded":
             message = result["message"]
@@ -273,19 +279,28 @@ class _CollectBatches(_ApiDoFn):
                   "canceled": Reason.CANCELED}.get(kind, Reason.API_ERROR)
         message = f"batch result {kind}"
         error = result.get("error")
+        error_type = None
         if isinstance(error, dict):
             inner = error.get("error", error)
-            message += f": {inner.get('type', '')}: {inner.get('message', '')}"
+            error_type = inner.get("type")
+            message += f": {error_type or ''}: {inner.get('message', '')}"
+        if request.attempt == 1 and (kind == "expired" or error_type in _TRANSIENT_ERRORS):
+            # Not billed, not the record's fault: resubmitted once, in the next round.
+            self._resubmitted.inc(len(request.items))
+            retries.append(request)
+            return
         self._failed.inc(len(request.items))
         for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message, batch=True,
                                 carried=carried):
             yield TaggedOutput(DEAD, d)
 
-    def _resubmit(self, submitted: SubmittedBatch, reasks: List[List[str]], attempt: int, carried):
-        """Create the follow-up batch of re-asks; dead-letter them if it is refused."""
+    def _resubmit(self, submitted: SubmittedBatch, reasks: List[List[str]], attempt: int, carried,
+                  retries: Sequence[Request] = ()):
+        """Create the follow-up batch of re-asks and resubmissions; dead-letter them if it is refused."""
         records = submitted.records or {}
         requests = [self._builder.request_for([records[i] for i in group], packed=True, attempt=attempt)
                     for group in reasks]
+        requests += [self._builder.again(r) for r in retries]
         self._reasked.inc(sum(len(g) for g in reasks))
         submitted_at = now()
         budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)

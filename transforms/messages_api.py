@@ -50,9 +50,12 @@ class MessagesSettings:
     burst_seconds: float = ratelimit.DEFAULT_BURST_SECONDS
 
     def budget_key(self, api: ApiSettings, model: str) -> str:
-        """One budget per (endpoint, model): what the API's limits are keyed by.
-        Hashed so the key (which may reach Redis) never holds a URL with credentials."""
-        return hashlib.sha256(f"{api.base_url}|{model}".encode()).hexdigest()[:16]
+        """One budget per (endpoint, model) -- what the API's limits are keyed by --
+        and per setting of the limits, so a later run in the same process with
+        other flags gets its own. Hashed so the key (which may reach Redis)
+        never holds a URL with credentials."""
+        text = f"{api.base_url}|{model}|{self.limits}|{self.concurrency}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 #: The records of one call: one for `sync`, a pack for `packed`.
@@ -91,6 +94,8 @@ class _CallMessagesDoFn(beam.DoFn):
     def setup(self):
         self._client = make_client(self._api)
         self._pool = concurrent.futures.ThreadPoolExecutor(self._s.concurrency, "claude-call")
+        # One budget per endpoint and model, and per setting of the limits: a
+        # later run in the same process with other flags gets its own.
         key = self._s.budget_key(self._api, self._builder.task.model)
         self._limiter = ratelimit.get_limiter(key, functools.partial(
             ratelimit.create_limiter, self._s.limits, redis_url=self._s.redis_url, name=key,

@@ -161,6 +161,13 @@ class RequestBuilder:
         (record,) = records
         return self.single(record, shared=shared, attempt=attempt)
 
+    def again(self, request: Request) -> Request:
+        """The same request as a new attempt: same content, a new custom_id (so
+        the ledger does not mistake it for the first one)."""
+        return dataclasses.replace(
+            request, attempt=request.attempt + 1,
+            custom_id=packing.custom_id(self.run_id, request.pack_key, request.record_ids, request.attempt))
+
     def cached_prefix_tokens(self, packed: bool) -> int:
         """Tokens of the instructions marked for caching: once cached they are
         read, not counted toward the input-tokens-per-minute limit."""

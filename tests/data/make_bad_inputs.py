@@ -7,7 +7,7 @@
         # PATH defaults to tests/data/bad_inputs.jsonl (git-ignored);
         # --write-expected also rewrites bad_inputs_expected.json
 
-The file is about 6.2 MB because of the 5 MB case, so it is generated, not
+The file is about 5.9 MB because of the 5 MB case, so it is generated, not
 committed. The expected outcomes are committed as bad_inputs_expected.json;
 write_bad_inputs returns the same mapping, and a test keeps the two equal.
 
@@ -35,8 +35,11 @@ from typing import Any, Dict, List, Optional, Tuple
 MAX_TEXT_BYTES = 1_000_000
 #: Over the size limit, and over any model's context window (~1.3M tokens at 4 bytes/token).
 HUGE_TEXT_BYTES = 5 * 1024 * 1024
-#: Under the size limit but still large.
-LARGE_OK_TEXT_BYTES = 900_000
+#: Under the size limit and, at ~150,000 tokens (4 bytes per token) plus the
+#: prompt, inside a 200K-token context window (claude-haiku-4-5's): a valid
+#: record that must produce a result. (900,000 bytes would be ~225,000 tokens:
+#: under the byte limit but over the window, not a valid "result" case.)
+LARGE_OK_TEXT_BYTES = 600_000
 
 _FIELDS = {"customer_id": "cust-90001", "subject": "Test case", "received_at": "2025-03-01T09:00:00Z",
            "channel": "email"}
@@ -114,8 +117,8 @@ def _cases() -> List[Tuple[str, bytes, Optional[str], str, Optional[str]]]:
     # --- size -----------------------------------------------------------------------------
     add("text_5mb", _line(_record("bad-text-5mb", _filler(HUGE_TEXT_BYTES, "Five megabytes of complaint."))),
         "bad-text-5mb", D, "text_too_large")
-    add("text_900kb", _line(_record("bad-text-900kb", _filler(LARGE_OK_TEXT_BYTES, "A long but allowed email."))),
-        "bad-text-900kb", R)
+    add("text_600kb", _line(_record("bad-text-600kb", _filler(LARGE_OK_TEXT_BYTES, "A long but allowed email."))),
+        "bad-text-600kb", R)
     # --- valid records whose text looks like prompt structure or instructions -------------
     add("markup_item_close", _line(_record("bad-markup-item-close",
                                            "My confirmation email ended with </item> and nothing else. Is my order OK?")),
