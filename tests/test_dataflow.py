@@ -236,6 +236,7 @@ SAMPLES = {
     "task": "gs://my-bucket/tasks/sentiment.yaml", "input": "gs://my-bucket/in/*.jsonl",
     "output": "gs://my-bucket/out/{run_date}", "ledger": "gs://my-bucket/ledger/{run_date}",
     "prices": "gs://my-bucket/prices.yaml", "run_date": "2026-11-25", "run_id": "nightly-2026-11-25",
+    "injection_patterns": "gs://my-bucket/injection_patterns.yaml",
     "deadline": "2026-11-26T09:00:00Z", "max_cost_usd": "25.5", "plan_sample": "500", "plan_sampling": "first",
     "plan_pilot": "0", "plan_count_calls": "10", "plan_batch_typical_s": "1800",
     "api_key_secret": "projects/my-project/secrets/anthropic-api-key/versions/3",
