@@ -24,6 +24,7 @@ from pipeline.build import Job, build, resolve_job
 from pipeline.options import LOCAL, ClaudeOptions, help_parser, validate
 from transforms.client import API_KEY_ENV
 from transforms.costs import PriceError
+from transforms.progress import ProgressLine
 from transforms.task import TaskError
 
 EXIT_OK = 0
@@ -223,7 +224,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals():
+            with _abort_on_signals(), ProgressLine():
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import lifecycle
+from transforms import lifecycle, progress
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
@@ -154,6 +154,8 @@ class _CreateBatches(_ApiDoFn):
                                         describe_error(e), batch=True):
                     yield TaggedOutput(DEAD, d)
             return
+        progress.add("submitted", sum(len(r.items) for r in requests))
+        progress.add("batches_open")
         if reused:
             self._reused.inc()
         else:
@@ -240,6 +242,7 @@ class _CollectBatches(_ApiDoFn):
         if pending:
             yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
                                       "the batch ended without a result for this request")
+        progress.add("batches_open", -1)
         if self._ledger is not None and submitted.ledger_key:
             lifecycle.mark(self._ledger, submitted.ledger_key, "ended")
 
@@ -266,6 +269,8 @@ class _CollectBatches(_ApiDoFn):
             self._output_tokens.inc(usage["output_tokens"])
             res = resolve(self._ctx, request, sent, message, batch=True, carried=carried,
                           max_reasks=self._max_reasks)
+            progress.add("answered", len(res.rows) + len(res.dead))
+            progress.add("cost_usd", self._ctx.prices.cost(self._ctx.model, usage, batch=True))
             self._succeeded.inc(len(res.rows))
             self._failed.inc(len(res.dead))
             self._invented.inc(res.invented)

@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import ratelimit, retry
+from transforms import progress, ratelimit, retry
 from transforms.budget import get_budget, worst_case_usd
 from transforms.client import ApiSettings, RetryPolicy, make_client
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
@@ -139,6 +139,7 @@ class _CallMessagesDoFn(beam.DoFn):
                                         f"--max-cost-usd {budget.max_usd:g} reached: not sent",
                                         batch=False, carried=carried)
         stats = retry.RetryStats()
+        progress.add("submitted", len(request.items))
         try:
             message, request_id = self._send(request, stats)
         except Exception as e:  # noqa: BLE001 - every failure is classified: split, halt or dead letter
@@ -159,6 +160,8 @@ class _CallMessagesDoFn(beam.DoFn):
                       max_reasks=self._s.max_reasks)
         rows += res.rows
         dead += res.dead
+        progress.add("answered", len(res.rows) + len(res.dead))
+        progress.add("cost_usd", self._ctx.prices.cost(self._ctx.model, usage, batch=False))
         self._invented.inc(res.invented)
         by_id = {r.record_id: r for r in records}
         for group in res.reasks:
