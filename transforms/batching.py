@@ -72,9 +72,12 @@ class _BatchByWeightDoFn(beam.DoFn):
         "weight", coders.TupleCoder([coders.VarIntCoder()] * 3))
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
 
-    def __init__(self, bounds: BatchBounds, weigh: Weigher):
+    def __init__(self, bounds: BatchBounds, weigh: Weigher, clock: Callable[[], Timestamp] = Timestamp.now):
         self._bounds = bounds
         self._weigh = weigh
+        # Processing-time "now" for the buffering timer; injectable because a
+        # TestStream's processing clock starts at 0, not at the wall clock.
+        self._clock = clock
 
     def process(self, element: Tuple[Any, Any],
                 window=beam.DoFn.WindowParam,
@@ -93,7 +96,7 @@ class _BatchByWeightDoFn(beam.DoFn):
         if items == 0:
             window_end.set(window.max_timestamp())
             if buffering is not None:
-                buffering.set(Timestamp.now() + Duration(seconds=self._bounds.max_buffering_s))
+                buffering.set(self._clock() + Duration(seconds=self._bounds.max_buffering_s))
         buffer.add(value)
         items, size, tokens = items + 1, size + add_size, tokens + add_tokens
         if self._bounds.is_full(items, size, tokens):
@@ -147,11 +150,12 @@ class BatchByWeight(beam.PTransform):
     its window ends).
     """
 
-    def __init__(self, bounds: BatchBounds, weigh: Weigher):
+    def __init__(self, bounds: BatchBounds, weigh: Weigher, clock: Callable[[], Timestamp] = Timestamp.now):
         super().__init__()
         self._bounds = bounds
         self._weigh = weigh
+        self._clock = clock
 
     def expand(self, keyed):
         dofn = (_BufferedBatchByWeightDoFn if self._bounds.max_buffering_s else _BatchByWeightDoFn)
-        return keyed | "Buffer and flush" >> beam.ParDo(dofn(self._bounds, self._weigh))
+        return keyed | "Buffer and flush" >> beam.ParDo(dofn(self._bounds, self._weigh, self._clock))
