@@ -108,6 +108,11 @@ def savings_vs_sync(summary: Mapping[str, Any]) -> Tuple[Optional[float], Option
     """
     cost = float(summary.get("cost_usd") or 0.0)
     plan = _plan_of(summary)
+    if summary.get("mode") == "batch" and cost > 0:
+        # Exact, no plan needed: sync sends the very same requests at list price.
+        from transforms.costs import load_prices
+        listed = cost / load_prices().batch_discount
+        return listed - cost, (listed - cost) / listed, "vs sync: the same requests at list prices"
     if plan and "sync" in plan["modes"]:
         sync = float(plan["modes"]["sync"]["cost_usd"])
         if summary.get("mode") == "sync":

@@ -93,6 +93,7 @@ def render(summary: Mapping[str, Any]) -> str:
               f"  cache write/read {summary['cache_creation_input_tokens']:>9,} / {summary['cache_read_input_tokens']:,}",
               f"  output tokens   {summary['output_tokens']:>10,}",
               f"  cost            ${summary['cost_usd']:>10.4f}",
+              _savings_line(summary),
               f"  batches         {summary['batches_created']:>10,}"
               + (f"  (+{summary['batches_reused']} reused from the ledger)" if summary.get("batches_reused") else ""),
               "  API             " + (", ".join(
@@ -101,6 +102,14 @@ def render(summary: Mapping[str, Any]) -> str:
               f"  wall time       {summary['wall_time_s']:>9.1f}s",
               f"  output          {summary['output']}/results, {summary['output']}/dead_letter"]
     return "\n".join(lines)
+
+
+def _savings_line(summary: Mapping[str, Any]) -> str:
+    from pipeline.report import savings_vs_sync
+    saved, fraction, what = savings_vs_sync(summary)
+    if saved is None:
+        return "  saved           -"
+    return f"  saved           ${saved:>10.4f}  ({fraction:.0%} {what})"
 
 
 def write(summary: Mapping[str, Any], output: str) -> str:

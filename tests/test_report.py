@@ -125,7 +125,7 @@ def test_render_table_compares_plan_and_actual(monkeypatch):
     plan = P.plan(opts, None, False)
     summary = dict(SUMMARY, plan=plan.to_dict())
     text = R.render_table(summary)
-    assert "planned" in text and "packed-batch" in text and "vs sync at list prices" in text
+    assert "planned" in text and "packed-batch" in text and "vs sync" in text and "at list prices" in text
     line = next(l for l in text.splitlines() if l.strip().startswith("batch "))
     assert "$0.2500" in line and "%" in line
     svg = _parse(R.render_report(summary, []))
