@@ -9,7 +9,6 @@ import glob
 import os
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 

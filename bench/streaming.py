@@ -1,6 +1,6 @@
 """Streaming benchmark: end-to-end latency and memory under a backlog (Pub/Sub -> Claude -> Parquet).
 
-  python -m bench.streaming [--parts latency,memory] [--mode sync] [--records 1000] [--rate 20]
+  python -m bench.streaming [--parts latency,memory] [--mode sync] [--records 1000] [--rate 10]
                             [--max-buffering-secs 2] [--window-secs 10]
                             [--mem-records 20000] [--mem-rpm 600] [--mem-duration-s 120]
 
@@ -207,8 +207,7 @@ def _proc_table() -> Dict[int, int]:
     return table
 
 
-def tree_rss_kib(pid: int) -> Tuple[int, int]:
-    """(sum of VmRSS in KiB over pid and all its descendants, number of processes)."""
+def _tree(pid: int) -> List[int]:
     table = _proc_table()
     children: Dict[int, List[int]] = {}
     for p, pp in table.items():
@@ -218,6 +217,26 @@ def tree_rss_kib(pid: int) -> Tuple[int, int]:
         p = todo.pop()
         tree.append(p)
         todo.extend(children.get(p, []))
+    return tree
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of pid and its descendants (/proc/PID/stat utime, stime)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_kib(pid: int) -> Tuple[int, int]:
+    """(sum of VmRSS in KiB over pid and all its descendants, number of processes)."""
+    tree = _tree(pid)
     total = 0
     for p in tree:
         try:
@@ -404,6 +423,7 @@ def run_latency(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]
               f"at {rate:g}/s", flush=True)
         records = list(datagen.generate_records(n, seed=7, customers=max(1, n // 5)))
         publisher = _publisher(single=True)
+        cpu0, load0 = tree_cpu_s(pipe.proc.pid), os.getloadavg()[0]
         sent: Dict[str, float] = {}
         futures = []
         t0 = time.time()
@@ -419,6 +439,8 @@ def run_latency(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]
         for f in futures:
             f.result(timeout=60)
         t_pub_end = time.time()
+        cpu_pct = 100 * (tree_cpu_s(pipe.proc.pid) - cpu0) / max(1e-9, t_pub_end - t0)
+        load1 = os.getloadavg()[0]
         print(f"[latency] published {n} in {t_pub_end - t0:.1f} s; waiting for the output", flush=True)
         deadline = time.monotonic() + args.drain_timeout_s
         while poller.count("lat-") < n and time.monotonic() < deadline and pipe.alive():
@@ -449,6 +471,8 @@ def run_latency(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]
         "completed_at_to_mtime_s": dist(to_file),
         "p50_mtime_latency_by_tenth_s": deciles,
         "throughput_rps": round(len(results) / max(1e-9, last_land - t0), 2),
+        "pipeline_cpu_pct_while_publishing": round(cpu_pct), "cpus": os.cpu_count(),
+        "loadavg_1min_start_end": [round(load0, 2), round(load1, 2)],
         "files": len(glob.glob(os.path.join(out, "results", "*", "*.parquet"))),
         "windows": len(glob.glob(os.path.join(out, "results", "window-*"))),
         "command": pipe.shown_cmd(), "emulator": " ".join(emu.cmd[1:]),
@@ -473,15 +497,21 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         stop = threading.Event()
         t0 = time.time()
 
+        load0 = os.getloadavg()[0]
+
         def sample() -> None:
+            last_cpu, last_t = tree_cpu_s(pipe.proc.pid), time.time()
             while not stop.is_set():
                 rss, procs = tree_rss_kib(pipe.proc.pid)
+                cpu, now = tree_cpu_s(pipe.proc.pid), time.time()
+                cpu_pct = round(100 * (cpu - last_cpu) / max(1e-9, now - last_t))
+                last_cpu, last_t = cpu, now
                 try:
                     st = emu.stats()
                     answered, limited = st["messages_succeeded"], st["rate_limited"]
                 except OSError:
                     answered = limited = None
-                samples.append({"t": round(time.time() - t0, 1), "rss_mib": round(rss / 1024, 1), "procs": procs,
+                samples.append({"t": round(time.time() - t0, 1), "rss_mib": round(rss / 1024, 1), "procs": procs, "cpu_pct": cpu_pct,
                                 "landed": poller.count("mem-"), "answered": answered, "rate_limited": limited})
                 stop.wait(1.0)
 
@@ -506,6 +536,7 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
                 next_print += 10.0
             time.sleep(0.2)
         alive = pipe.alive()
+        load1 = os.getloadavg()[0]
         stop.set()
         sampler.join()
         stats = emu.stats()
@@ -538,6 +569,8 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         "left_in_subscription": left, "pulled_by_pipeline": pulled,
         "held_by_pipeline_at_stop": None if pulled is None else pulled - landed,
         "landed_rps": round(landed / max(1e-9, stopped_at), 2),
+        "pipeline_cpu_pct_mean": round(statistics.fmean(x["cpu_pct"] for x in samples[1:])) if len(samples) > 1 else None,
+        "loadavg_1min_start_end": [round(load0, 2), round(load1, 2)], "cpus": os.cpu_count(),
         "samples": samples,
         "command": pipe.shown_cmd(), "emulator": " ".join(emu.cmd[1:]),
     }
@@ -567,6 +600,8 @@ def report(rows: Sequence[Dict[str, Any]]) -> str:
                 f"{r['p50_mtime_latency_by_tenth_s']}",
                 f"  throughput {r['throughput_rps']:.1f} results/s (first publish -> last file); "
                 f"{r['files']} files in {r['windows']} windows",
+                f"  pipeline CPU while publishing {r['pipeline_cpu_pct_while_publishing']}% of one core; "
+                f"load average {r['loadavg_1min_start_end']} on {r['cpus']} CPUs",
             ]
         else:
             lines += [
@@ -576,15 +611,16 @@ def report(rows: Sequence[Dict[str, Any]]) -> str:
                 f"{r['rss_middle_mib']} (t={r['rss_middle_t']} s), last {r['rss_last_mib']}, peak {r['rss_peak_mib']}; "
                 f"slope over the second half {r['rss_slope_second_half_mib_per_min']} MiB/min",
                 f"  landed {r['landed']} ({r['landed_rps']:.1f}/s), emulator answered {r['answered_by_emulator']}, "
-                f"429s {r['emulator_429']}",
+                f"429s {r['emulator_429']}; pipeline CPU {r['pipeline_cpu_pct_mean']}% of one core; "
+                f"load average {r['loadavg_1min_start_end']} on {r['cpus']} CPUs",
                 f"  left in the subscription {r['left_in_subscription']}, pulled by the pipeline "
                 f"{r['pulled_by_pipeline']}, held in the pipeline at stop {r['held_by_pipeline_at_stop']}",
-                "  timeline (every 10 s): t s | RSS MiB | landed | answered by the emulator",
+                "  timeline (every 10 s): t s | RSS MiB | landed | answered by the emulator | pipeline CPU %",
             ]
             step = 10.0
             for s in r["samples"]:
                 if s["t"] >= step or s is r["samples"][0] or s is r["samples"][-1]:
-                    lines.append(f"    {s['t']:6.1f} | {s['rss_mib']:7.1f} | {s['landed']:6d} | {s['answered']}")
+                    lines.append(f"    {s['t']:6.1f} | {s['rss_mib']:7.1f} | {s['landed']:6d} | {s['answered']} | {s['cpu_pct']}")
                     while step <= s["t"]:
                         step += 10.0
     return "\n".join(lines)
@@ -599,7 +635,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-buffering-secs", type=float, default=2)
     ap.add_argument("--latency-ms", type=float, default=50, help="Claude emulator latency (both parts)")
     ap.add_argument("--records", type=int, default=1000, help="(latency) messages published")
-    ap.add_argument("--rate", type=float, default=20, help="(latency) messages per second")
+    ap.add_argument("--rate", type=float, default=10, help="(latency) messages per second")
     ap.add_argument("--drain-timeout-s", type=float, default=60,
                     help="(latency) wait at most this long after the last publish")
     ap.add_argument("--mem-records", type=int, default=20000, help="(memory) messages published at once")

@@ -913,7 +913,7 @@ def render_plan(plan: Plan) -> str:
                                  f"--concurrency {a.concurrency}")
     if a.local:
         lines += wrap("timing", "local emulator: no simulated latency; batches end after "
-                                f"--emulator-batch-delay-s (+ polling)")
+                                "--emulator-batch-delay-s (+ polling)")
     else:
         lines += wrap("timing", f"{a.latency_s:.1f} s per call + {a.output_tokens_per_s:.0f} output "
                                 f"tokens/s; batches: typically {format_duration(a.batch_typical_s)}, "

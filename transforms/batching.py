@@ -9,7 +9,7 @@ is flushed as soon as the next element would overflow it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.coders import coders

@@ -62,10 +62,6 @@ class MessagesSettings:
 Work = Tuple[Record, ...]
 
 
-class _Halted(Exception):
-    """A spend cap (or another account-wide refusal) stopped this process's calls."""
-
-
 class _CallMessagesDoFn(beam.DoFn):
 
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from transforms import packing
 from transforms.records import Record
 from transforms.task import Task
-from transforms.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_request_tokens, estimate_tokens
+from transforms.tokens import estimate_request_tokens, estimate_tokens
 
 #: Smallest prefix the API caches for most models; shorter ones are silently
 #: not cached, so marking them would only add noise. Configurable per run.
