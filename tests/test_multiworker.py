@@ -9,7 +9,7 @@ from tests.conftest import assert_one_in_one_out, read_output
 SAMPLE = "samples/emails.jsonl"
 
 
-@pytest.mark.parametrize("mode", ["sync", "packed-batch"])
+@pytest.mark.parametrize("mode", ["packed-batch"])
 def test_two_worker_processes_match_one(emu, api_env, tmp_path, mode):
     outputs = {}
     for name, extra in (("single", []),
