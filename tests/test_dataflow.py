@@ -551,7 +551,7 @@ def test_dag_drives_the_real_cli_through_submit_pending_and_collect(dag_module, 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")
     monkeypatch.setenv("PYTHONPATH", ROOT)
     emu.reset()
-    emu.configure(faults={}, batch_delay_s=30.0)
+    emu.configure(faults={}, batch_delay_s=20.0)
     try:
         assert dag_module.submit(ds="2026-11-25") is None
         assert emu.stats()["batches_created"] == 1
