@@ -177,6 +177,9 @@ def run(argv: List[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # File access outside the pipeline (input check, summary, ledger files) uses
+    # the same options as the pipeline (credentials, --no_auth, project).
+    FileSystems.set_options(options)
     local = _use_emulator(opts)
     if local and "Direct" not in runner:
         print("error: the local emulator runs inside this process; a remote runner cannot reach it. "
