@@ -86,6 +86,14 @@ def _dated(path: Optional[str], day: dt.date) -> Optional[str]:
     return path.replace("{run_date}", day.isoformat()) if path else path
 
 
+def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
+    if not getattr(opts, "deadline", None):
+        return None
+    import time
+    from pipeline.plan import parse_deadline
+    return time.time() + parse_deadline(opts.deadline)
+
+
 def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                 runner_supports_id_label: bool = False) -> Job:
     """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
@@ -110,7 +118,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
             ledger = LedgerSettings(f"{output}/_ledger")
     ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
-                     max_cost_usd=getattr(opts, "max_cost_usd", None))
+                     max_cost_usd=getattr(opts, "max_cost_usd", None),
+                     deadline_at=_deadline_at(opts))
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
                              cache_min_tokens=opts.prompt_cache_min_tokens)
     initial, longest = _POLL_DEFAULTS[local]

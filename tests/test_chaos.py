@@ -229,3 +229,31 @@ def render_table(rows: List[Dict]) -> str:
     for name in names:
         lines.append(f"| `{name}` | " + " | ".join(str(r["fired"].get(name, "")) for r in rows) + " |")
     return "\n".join(lines) + "\n"
+
+
+def test_stragglers_go_online_when_the_deadline_is_near(emu, api_env, tmp_path):
+    """Expired batch items, with --deadline inside the straggler window, are
+    resent through the Messages API rather than in another batch."""
+    from bench import datagen
+    from pipeline.run import EXIT_OK, run
+    from tests.conftest import assert_one_in_one_out, read_output
+    data = tmp_path / "in.jsonl"
+    datagen.write_jsonl(str(data), 30, seed=41, customers=3)
+    emu.reset()
+    emu.configure(faults={"batch_item_expired": {"rate": 0.3}}, seed=3, batch_delay_s=0.0)
+    try:
+        out = tmp_path / "out"
+        assert run(["--task", "samples/sentiment.yaml", "--input", str(data), "--output", str(out),
+                    "--mode", "batch", "--pack-key-field", "customer_id", "--api-base", emu.base_url,
+                    "--poll-interval-s", "0.05", "--deadline", "30m", "--run-id", "stragglers"]) == EXIT_OK
+        stats = emu.stats()
+    finally:
+        emu.configure(faults={})
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert stats["faults_fired"].get("batch_item_expired", 0) > 0
+    assert stats["batches_created"] == 1          # no second batch round
+    assert stats["messages_calls"] == stats["faults_fired"]["batch_item_expired"]
+    assert len(results) == 30 and not dead
+    assert {r["service_tier"] for r in results} == {"batch", "standard"}
+    assert stats["duplicates_billed"] == 0

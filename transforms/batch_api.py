@@ -30,6 +30,9 @@ _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
 #: Batch item errors worth one more try: the server's fault, not the request's.
 _TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "timeout_error"})
+#: A batch round usually ends within the hour: closer than this to --deadline,
+#: stragglers (expired / errored items) go through the Messages API instead.
+STRAGGLER_WINDOW_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +191,7 @@ class _CollectBatches(_ApiDoFn):
         self._unknown = Metrics.counter("claude", "batch_results_unknown_custom_id")
         self._reasked = Metrics.counter("claude", "reasked_records")
         self._resubmitted = Metrics.counter("claude", "resubmitted_records")
+        self._online = Metrics.counter("claude", "stragglers_sent_online")
         self._invented = Metrics.counter("claude", "invented_ids")
         self._created = Metrics.counter("claude", "batches_created")
         self._input_tokens = Metrics.counter("claude", "input_tokens")
@@ -215,8 +219,38 @@ class _CollectBatches(_ApiDoFn):
                 yield out
             if not reasks and not retries:
                 return
+            if retries and self._deadline_near():
+                # No time for another batch round: resend the stragglers now, at list price.
+                for request in retries:
+                    yield from self._send_now(self._builder.again(request), carried)
+                retries = []
+                if not reasks:
+                    return
             attempt = max(r.attempt for r in submitted.requests) + 1
             submitted = yield from self._resubmit(submitted, reasks, attempt, carried, retries)
+
+    def _deadline_near(self) -> bool:
+        """True when another batch round would likely end after --deadline."""
+        deadline = self._ctx.deadline_at
+        return deadline is not None and time.time() + STRAGGLER_WINDOW_S > deadline
+
+    def _send_now(self, request: Request, carried) -> Iterator:
+        """One straggler through the Messages API (the same request, billed at list price)."""
+        self._online.inc(len(request.items))
+        submitted_at = now()
+        try:
+            message = self._call(self._client.messages.create, **self._builder.params(request))
+        except Exception as e:  # noqa: BLE001 - a refusal dead-letters the straggler
+            sent = Sent(submitted_at=submitted_at, attempts=request.attempt)
+            for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
+                                    describe_error(e), batch=False, carried=carried):
+                yield TaggedOutput(DEAD, d)
+            return
+        sent = Sent(submitted_at=submitted_at, completed_at=now(), attempts=request.attempt)
+        res = resolve(self._ctx, request, sent, message, batch=False, carried=carried, max_reasks=0)
+        yield from res.rows
+        for d in res.dead:
+            yield TaggedOutput(DEAD, d)
 
     def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]],
                      retries: List[Request]) -> Iterator:

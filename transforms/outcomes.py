@@ -32,6 +32,9 @@ class RowContext:
     prices: PriceTable
     #: --max-cost-usd: no request is sent whose worst case would pass it.
     max_cost_usd: Optional[float] = None
+    #: --deadline as epoch seconds: near it, stragglers of a batch go through
+    #: the Messages API rather than wait for another batch.
+    deadline_at: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
