@@ -470,6 +470,10 @@ def run_latency(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]
         "latency_publish_to_completed_at_s": dist(completed),
         "completed_at_to_mtime_s": dist(to_file),
         "p50_mtime_latency_by_tenth_s": deciles,
+        "over_5s": sum(1 for x in mtime if x > 5), "over_10s": sum(1 for x in mtime if x > 10),
+        # the slowest records: id, seconds after the first publish it was published, latency to mtime
+        "slowest": [(r, round(sent[r] - t0, 1), round(poller.mtime[r] - sent[r], 2))
+                    for r in sorted(results, key=lambda r: poller.mtime[r] - sent[r])[-5:][::-1]],
         "throughput_rps": round(len(results) / max(1e-9, last_land - t0), 2),
         "pipeline_cpu_pct_while_publishing": round(cpu_pct), "cpus": os.cpu_count(),
         "loadavg_1min_start_end": [round(load0, 2), round(load1, 2)],
@@ -540,10 +544,11 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         stop.set()
         sampler.join()
         stats = emu.stats()
-        pipe.stop()
         stopped_at = time.time() - t0
+        pipe.stop()
+        stop_s = time.time() - t0 - stopped_at
     left = drain_count(host, sub)
-    landed = poller.count("mem-")
+    landed = poller.count("mem-")  # includes what the sink wrote while the pipeline was stopping
     pulled = None if left is None else n - left
     rss = [s["rss_mib"] for s in samples]
     half = [s for s in samples if s["t"] >= samples[-1]["t"] / 2] if samples else []
@@ -557,6 +562,7 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
     return {
         "part": "memory", "mode": args.mode, "records": n, "rpm": args.mem_rpm,
         "publish_s": round(pub_s, 1), "duration_s": round(stopped_at, 1), "pipeline_alive_at_end": alive,
+        "pipeline_stop_s": round(stop_s, 1),
         "warmup_landed_after_start_s": round(warm_s, 1),
         "rss_before_publish_mib": round(base_rss / 1024, 1),
         "rss_peak_mib": max(rss) if rss else None,
@@ -598,6 +604,8 @@ def report(rows: Sequence[Dict[str, Any]]) -> str:
                 f"    completed_at -> file mtime:      {_fmt(r['completed_at_to_mtime_s'])}",
                 f"  p50 publish -> mtime per tenth of the records (publish order): "
                 f"{r['p50_mtime_latency_by_tenth_s']}",
+                f"  over 5 s: {r['over_5s']}, over 10 s: {r['over_10s']}; slowest (id, published at +s, latency s): "
+                f"{r['slowest'][:3]}",
                 f"  throughput {r['throughput_rps']:.1f} results/s (first publish -> last file); "
                 f"{r['files']} files in {r['windows']} windows",
                 f"  pipeline CPU while publishing {r['pipeline_cpu_pct_while_publishing']}% of one core; "
