@@ -22,7 +22,7 @@ import emulator
 from bench import datagen
 from emulator.faults import unit_hash
 from pipeline.run import EXIT_OK, run
-from tests.conftest import assert_one_in_one_out, read_output
+from tests.conftest import assert_one_in_one_out, fake_key, read_output
 
 TASK = "samples/sentiment.yaml"
 N = 30
@@ -230,7 +230,7 @@ def test_400_in_a_pack_is_bisected_down_to_the_bad_record(faulty_emu, api_env, t
 
 
 def test_401_dead_letters_every_record_and_never_leaks_the_key(monkeypatch, tmp_path, capfd):
-    key = "sk-" "ant-api03-WRONG-KEY-must-never-be-written-7f3c9e"
+    key = fake_key("WRONG-KEY-must-never-be-written-7f3c9e")
     monkeypatch.setenv("ANTHROPIC_API_KEY", key)
     data = _input(tmp_path)
     with emulator.running(api_keys=["right"]) as auth_emu:

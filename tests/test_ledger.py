@@ -25,6 +25,7 @@ from typing import Callable, Dict, List
 
 import pytest
 
+from tests.conftest import fake_key
 from tests.gcs_emulator import (gcs_emulator, gcs_emulator_cas,  # noqa: F401 - fixtures
                                 honours_generation_preconditions)
 from transforms import ledger as L
@@ -381,7 +382,7 @@ def test_failed_entry_without_batch_is_reserved_again(cas_backend):
 # --------------------------------------------------------------------------- secrets
 
 def test_entries_hold_only_declared_fields_and_no_secret(backend, monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-" "ant-api03-not-a-real-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", fake_key("not-a-real-key"))
     ledger = backend.make()
     entry, _ = ledger.reserve(key(1), "run-1", 3, extra={"manifest": "manifests/run-1.json"})
     entry = ledger.record_batch(entry, "msgbatch_1", extra={"pack_keys": 2})
@@ -391,7 +392,7 @@ def test_entries_hold_only_declared_fields_and_no_secret(backend, monkeypatch):
     assert LedgerEntry.from_dict(stored) == entry
     text = backend.raw(key(1)).decode().lower()
     assert "sk-ant" not in text and "authorization" not in text and "api_key" not in text
-    for bad in ({"headers": {"Authorization": "Bearer abc"}}, {"x-api-key": "k"}, {"note": "sk-" "ant-api03-xyz"},
+    for bad in ({"headers": {"Authorization": "Bearer abc"}}, {"x-api-key": "k"}, {"note": fake_key("xyz")},
                 {"url": "https://user:pw@example.com/v1"}, {"list": ["ok", "Bearer abcdefgh"]}):
         with pytest.raises(LedgerSecretError):
             ledger.update(entry, extra=bad)
@@ -400,7 +401,7 @@ def test_entries_hold_only_declared_fields_and_no_secret(backend, monkeypatch):
     assert ledger.get(key(1)) == entry                      # nothing was written
     assert ledger.read_manifest("run-1") is None
     with pytest.raises(LedgerSecretError):
-        ledger.reserve(key(2), "sk-" "ant-api03-in-a-run-id", 1)
+        ledger.reserve(key(2), fake_key("in-a-run-id"), 1)
     assert ledger.get(key(2)) is None
 
 

@@ -38,11 +38,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.build import resolve_job
 from pipeline.options import ClaudeOptions
 from pipeline.run import EXIT_OK, run
-from tests.conftest import assert_one_in_one_out, read_output
+from tests.conftest import assert_one_in_one_out, fake_key, read_output
 from tests.test_dataflow import DATAFLOW_ARGS, TASK, dry_run
 
 #: Unique per session, so a stray copy from another run can never match.
-FAKE_KEY = f"sk-" f"ant-api03-NOTAREALKEY-{uuid.uuid4().hex}{uuid.uuid4().hex}-AA"
+FAKE_KEY = fake_key(f"NOTAREALKEY-{uuid.uuid4().hex}{uuid.uuid4().hex}-AA")
 #: Enough of the key to catch a partly masked copy ("sk-ant-...<tail>").
 KEY_TAIL = FAKE_KEY[-40:]
 SECRET_NAME = "projects/test-project/secrets/anthropic-key/versions/3"
@@ -128,7 +128,7 @@ def test_the_scanner_finds_a_key_hidden_in_a_pickled_dofn():
     assert leaks(base64.b64encode(zlib.compress(FAKE_KEY.encode())))    # base64(zlib)
     assert leaks(b"\x12\x8c" + base64.b64encode(bz2.compress(FAKE_KEY.encode())))  # base64(bz2) in a proto
     assert leaks(f"...{KEY_TAIL}")                                      # a masked copy
-    assert not leaks(b"sk-" b"ant-api03-something-else")
+    assert not leaks(fake_key("something-else").encode())
 
 
 @pytest.mark.parametrize("secret_flag", [False, True], ids=["env-key", "env-key+api-key-secret"])
