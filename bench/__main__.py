@@ -12,26 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from bench import datagen
+from bench import datagen, procs
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _peak_mib_of(cmd, env=None):
-    """Like _measure but with a per-child peak (RUSAGE_CHILDREN is cumulative-max)."""
+    """(wall s, peak RSS MiB, exit code) of `cmd`, measured by a wrapper process of
+    its own (RUSAGE_CHILDREN is a cumulative max over all of a process's children)."""
     wrapper = [sys.executable, "-c",
                "import resource,subprocess,sys,time,json;t=time.monotonic();"
                "r=subprocess.run(sys.argv[1:],capture_output=True);"
@@ -53,44 +46,17 @@ def bench_batch(records: int, sizes) -> None:
             data = os.path.join(tmp, "in.jsonl")
             datagen.write_jsonl(data, n, seed=1)
             plain = _peak_mib_of([py, "-m", "bench.plain", "--input", data, "--output", os.path.join(tmp, "plain")])
-            port = _free_port()
-            emu = subprocess.Popen([py, "-m", "emulator", "--port", str(port)], cwd=_ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                base = f"http://127.0.0.1:{port}"
-                for _ in range(100):
-                    try:
-                        urllib.request.urlopen(base + "/_emulator/stats", timeout=1)
-                        break
-                    except OSError:
-                        time.sleep(0.1)
+            with procs.EmulatorProcess() as emu:
                 env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
                 ours = _peak_mib_of([py, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input", data,
                                      "--output", os.path.join(tmp, "ours"), "--mode", "batch",
-                                     "--pack-key-field", "customer_id", "--api-base", base,
+                                     "--pack-key-field", "customer_id", "--api-base", emu.base_url,
                                      "--poll-interval-s", "0.2", "--poll-max-interval-s", "1"], env=env)
-            finally:
-                emu.terminate()
-                emu.wait(10)
             rows.append((n, plain, ours))
     print(f"{'records':>8} | {'plain wall s':>12} {'plain MiB':>9} | {'batch wall s':>12} {'batch MiB':>9} | ratio")
     for n, plain, ours in rows:
         print(f"{n:>8} | {plain[0]:>12.1f} {plain[1]:>9.0f} | {ours[0]:>12.1f} {ours[1]:>9.0f} | "
               f"{ours[0] / plain[0]:.2f}x{'' if ours[2] == 0 else '  (FAILED rc=%d)' % ours[2]}")
-
-
-def _start_emulator(*extra):
-    port = _free_port()
-    emu = subprocess.Popen([sys.executable, "-m", "emulator", "--port", str(port), *extra], cwd=_ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/_emulator/stats?items=0", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    return emu, base
 
 
 def bench_modes(records: int, concurrency: int) -> None:
@@ -100,8 +66,8 @@ def bench_modes(records: int, concurrency: int) -> None:
         data = os.path.join(tmp, "in.jsonl")
         datagen.write_jsonl(data, records, seed=2)
         for mode in ("sync", "packed", "batch", "packed-batch"):
-            emu, base = _start_emulator()
-            try:
+            with procs.EmulatorProcess() as emu:
+                base = emu.base_url
                 out = os.path.join(tmp, mode)
                 env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
                 started = time.monotonic()
@@ -114,12 +80,9 @@ def bench_modes(records: int, concurrency: int) -> None:
                 wall = time.monotonic() - started
                 if proc.returncode != 0:
                     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-                stats = json.loads(urllib.request.urlopen(base + "/_emulator/stats?items=0").read())
+                stats = emu.stats()
                 with open(os.path.join(out, "summary.json")) as f:
                     summary = json.load(f)
-            finally:
-                emu.terminate()
-                emu.wait(10)
             requests = stats["messages_calls"] + stats["batch_requests_received"]
             rows.append((mode, requests, summary, wall))
     sync_cost = rows[0][2]["cost_usd"]

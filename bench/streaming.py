@@ -55,19 +55,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow.parquet as pq
 
-from bench import datagen
+from bench import datagen, procs
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "samples/sentiment.yaml"
@@ -77,52 +75,11 @@ WARMUP = 5
 
 # ----------------------------------------------------------------------------- processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
-class ClaudeEmulator:
-    """`python -m emulator` in its own process, on a free loopback port."""
+class ClaudeEmulator(procs.EmulatorProcess):
+    """The emulator, optionally rate-limited, with a fixed latency."""
 
     def __init__(self, rpm: Optional[float], latency_ms: float):
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "emulator", "--port", str(self.port)]
-        if rpm:
-            self.cmd += ["--rpm", f"{rpm:g}"]
-        self.cmd += ["--latency-ms", f"{latency_ms:g}"]
-        self.proc: Optional[subprocess.Popen] = None
-
-    def __enter__(self) -> "ClaudeEmulator":
-        self.proc = subprocess.Popen(self.cmd, cwd=_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(200):
-            try:
-                self.stats()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("emulator exited: " + self.proc.stderr.read().decode(errors="replace"))
-                time.sleep(0.05)
-        raise RuntimeError("emulator did not start")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def stats(self) -> Dict[str, Any]:
-        return _get_json(self.base_url + "/_emulator/stats?items=0")
+        super().__init__((["--rpm", f"{rpm:g}"] if rpm else []) + ["--latency-ms", f"{latency_ms:g}"])
 
 
 @contextlib.contextmanager

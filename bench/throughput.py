@@ -26,17 +26,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from bench import datagen
+from bench import datagen, procs
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = os.path.join(_ROOT, "samples", "sentiment.yaml")
@@ -48,61 +46,15 @@ STEADY = (0.10, 0.90)
 
 # ----------------------------------------------------------------------------- processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str, data: Optional[bytes] = None) -> Any:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
-class EmulatorProcess:
-    """`python -m emulator` in its own process, on a free loopback port."""
+class EmulatorProcess(procs.EmulatorProcess):
+    """The emulator with the account limits this benchmark runs against."""
 
     def __init__(self, rpm: float, itpm: float, otpm: float, latency_ms: float,
                  bucket_capacity_s: Optional[float] = None):
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "emulator", "--port", str(self.port), "--rpm", str(rpm),
-                    "--itpm", str(itpm), "--otpm", str(otpm), "--latency-ms", str(latency_ms)]
+        flags = ["--rpm", str(rpm), "--itpm", str(itpm), "--otpm", str(otpm), "--latency-ms", str(latency_ms)]
         if bucket_capacity_s is not None:
-            self.cmd += ["--bucket-capacity-s", str(bucket_capacity_s)]
-        self.proc: Optional[subprocess.Popen] = None
-
-    def __enter__(self) -> "EmulatorProcess":
-        self.proc = subprocess.Popen(self.cmd, cwd=_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(200):
-            try:
-                self.stats()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("emulator exited: " + self.proc.stderr.read().decode(errors="replace"))
-                time.sleep(0.05)
-        raise RuntimeError("emulator did not start")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def stats(self) -> Dict[str, Any]:
-        return _get_json(self.base_url + "/_emulator/stats?items=0")
-
-    def reset(self) -> None:
-        _get_json(self.base_url + "/_emulator/reset", b"{}")
-
-    def config(self) -> Dict[str, Any]:
-        return _get_json(self.base_url + "/_emulator/config")
+            flags += ["--bucket-capacity-s", str(bucket_capacity_s)]
+        super().__init__(flags)
 
 
 class RedisProcess:
@@ -110,7 +62,7 @@ class RedisProcess:
 
     def __init__(self):
         self.binary = shutil.which("redis-server")
-        self.port = _free_port()
+        self.port = procs.free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.dir: Optional[tempfile.TemporaryDirectory] = None
 
