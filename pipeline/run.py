@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -36,6 +37,8 @@ EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
+#: Set once a streaming job was cancelled: main() must not wait for its threads.
+_STREAMING_THREADS_LEFT = threading.Event()
 
 
 def _use_emulator(opts: ClaudeOptions) -> bool:
@@ -131,6 +134,7 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
             result.cancel()
         except Exception:  # noqa: BLE001 - already stopped
             pass
+        _STREAMING_THREADS_LEFT.set()
     return EXIT_OK
 
 
@@ -197,9 +201,11 @@ def run(argv: List[str]) -> int:
         if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
             from pipeline.plan import plan_before_run
             try:
-                # An explicit mode runs up to the cap (enforced per request);
-                # `auto` and `plan` refuse a plan over the cap up front.
-                the_plan, stop = plan_before_run(opts, api_base, local, always=True,
+                # Planned only when the run needs it (--mode auto, --deadline,
+                # --max-cost-usd): a plan reads the input and calls count_tokens,
+                # start-up work no other run should pay for. An explicit mode runs
+                # up to the cap (enforced per request); `auto` refuses up front.
+                the_plan, stop = plan_before_run(opts, api_base, local,
                                                  refuse_over_budget=opts.mode == "auto")
             except (ValueError, TaskError, PriceError, OSError) as e:
                 print(f"error: {e}", file=sys.stderr)
@@ -286,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     code = run(argv)
-    if any(a.startswith(("--input-subscription", "--input-topic")) for a in argv):
+    if _STREAMING_THREADS_LEFT.is_set():
         # A cancelled DirectRunner streaming job can leave non-daemon threads
         # (the Pub/Sub reader) behind; the job is over, so leave now.
         sys.stdout.flush()
