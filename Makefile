@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/sample
+# pytest-xdist workers; 2 matches the 2-core machines this runs on.
+TEST_WORKERS ?= 2
 
-.PHONY: run test test-slow stream-demo venv bench clean
+.PHONY: run test test-fast test-slow stream-demo venv bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +22,15 @@ run: $(STAMP)
 	$(PY) -m pipeline --task samples/sentiment.yaml --input samples/emails.jsonl \
 	  --output $(OUT) --overwrite --pack-key-field customer_id --mode batch --api-base local
 
-## Run the whole test suite (under 10 minutes here). The two `slow` tests
-## (a fresh venv from the wheel, a real Airflow install) run with `make test-slow`.
+## Run the whole test suite, the two `slow` tests included (a fresh venv from
+## the wheel, a real Airflow install): two pytest workers, because most tests
+## wait on emulators and subprocesses. Under 10 minutes on 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+## The suite without the two pip-installing tests, for quick iterations.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests

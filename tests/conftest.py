@@ -77,3 +77,14 @@ def assert_one_in_one_out(input_path: str, results, dead):
     # duplicates in the input are the only ids allowed twice (once a result, once duplicate_id)
     dup_rows = [d for d in dead if d["error_type"] == "duplicate_id"]
     assert len(out_ids) == len(set(out_ids)) + len(dup_rows)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the `slow` tests (installs into fresh venvs, minutes of pip) first.
+
+    With `-n 2` they then overlap the rest of the suite on the other worker
+    instead of forming a tail at the end. A stable sort keeps every other
+    test in file order, and every xdist worker computes the same order, as it
+    must.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
