@@ -235,12 +235,21 @@ def _int_range(lo, hi, xlo, xhi) -> Tuple[int, int]:
         lo = max(lo, math.floor(xlo) + 1) if lo is not None else math.floor(xlo) + 1
     if xhi is not None:
         hi = min(hi, math.ceil(xhi) - 1) if hi is not None else math.ceil(xhi) - 1
+    return _close_open_ends(lo, hi, 0)
+
+
+#: Width of the range drawn from when a schema bounds a number on one side only.
+_OPEN_RANGE_WIDTH = 100
+
+
+def _close_open_ends(lo, hi, zero):
+    """(lo, hi) with a missing end replaced: [0, 100] with none, else 100 from the given end."""
     if lo is None and hi is None:
-        lo, hi = 0, 100
-    elif lo is None:
-        lo = hi - 100
-    elif hi is None:
-        hi = lo + 100
+        return zero, zero + _OPEN_RANGE_WIDTH
+    if lo is None:
+        return hi - _OPEN_RANGE_WIDTH, hi
+    if hi is None:
+        return lo, lo + _OPEN_RANGE_WIDTH
     return lo, hi
 
 
@@ -328,14 +337,7 @@ def _compile(schema: Any, root: Any, depth: int) -> tuple:
         if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0:
             klo, khi = _int_range(*(None if v is None else v / m for v in (lo, hi, xlo, xhi)))
             return (_INT, klo, khi, None, m)
-        a = lo if lo is not None else xlo
-        b = hi if hi is not None else xhi
-        if a is None and b is None:
-            a, b = 0.0, 100.0
-        elif a is None:
-            a = b - 100.0
-        elif b is None:
-            b = a + 100.0
+        a, b = _close_open_ends(lo if lo is not None else xlo, hi if hi is not None else xhi, 0.0)
         return (_NUM, float(a), float(b), xlo, xhi)
     if typ == "boolean":
         return (_BOOL,)
