@@ -16,13 +16,14 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import progress, ratelimit, retry
+from transforms import progress, ratelimit, retry, shedding
 from transforms.budget import get_budget, worst_case_usd
 from transforms.client import ApiSettings, RetryPolicy, make_client
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
@@ -33,6 +34,8 @@ __all__ = ["CallMessages", "MessagesSettings"]
 
 _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
+#: Tagged output of the Works shed to the batch route (--shed-to batch).
+SHED = "shed"
 
 #: Works of one element (BatchElements) per worker thread: enough to keep the
 #: pool busy between elements without holding many answers in memory.
@@ -48,6 +51,19 @@ class MessagesSettings:
     limits: Optional[ratelimit.Limits] = None
     redis_url: Optional[str] = None
     burst_seconds: float = ratelimit.DEFAULT_BURST_SECONDS
+    #: Records admitted to this process's queue and not yet answered; None:
+    #: shedding.default_max_in_flight (CallMessages resolves it).
+    max_in_flight: Optional[int] = None
+    #: 'wait' (backpressure only), 'batch' or 'dead-letter' (see shedding.decide).
+    shed_to: str = "wait"
+    #: A record whose attrs[urgent_field] is truthy is never shed.
+    urgent_field: Optional[str] = None
+
+    def __post_init__(self):
+        if self.shed_to not in shedding.SHED_TO:
+            raise ValueError(f"shed_to must be one of {shedding.SHED_TO}, got {self.shed_to!r}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
 
     def budget_key(self, api: ApiSettings, model: str) -> str:
         """One budget per (endpoint, model) -- what the API's limits are keyed by --
@@ -86,6 +102,7 @@ class _CallMessagesDoFn(beam.DoFn):
         self._reasked = Metrics.counter("claude", "reasked_records")
         self._invented = Metrics.counter("claude", "invented_ids")
         self._split = Metrics.counter("claude", "split_packs")
+        self._shed = Metrics.counter("claude", "shed_records")
 
     def setup(self):
         self._client = make_client(self._api)
@@ -98,6 +115,9 @@ class _CallMessagesDoFn(beam.DoFn):
             burst_seconds=self._s.burst_seconds))
         self._gate = ratelimit.get_limiter(key + "#gate", functools.partial(
             ratelimit.ConcurrencyGate, self._s.concurrency))
+        # One queue per process and budget, like the limiter: every DoFn
+        # instance's admitted work counts toward the same bound.
+        self._queue = ratelimit.get_limiter(key + "#queue", shedding.InFlight)
         self._shared = {False: self._builder.shared_size(False), True: self._builder.shared_size(True)}
         self._cached = {p: self._builder.cached_prefix_tokens(p) for p in (False, True)}
 
@@ -108,20 +128,71 @@ class _CallMessagesDoFn(beam.DoFn):
             self._client.close()
 
     def process(self, works: Sequence[Work]) -> Iterator:
-        futures = [self._pool.submit(self._solve, list(work), 1, {}) for work in works]
+        futures = []
+        for work in works:
+            records = list(work)
+            request = self._builder.request_for(records, self._packed,
+                                                shared=self._shared[self._packed and len(records) > 1])
+            amounts = (1.0,) + self._expected_tokens(request)
+            decision = self._queue.admit(len(records), amounts, functools.partial(
+                self._decide, size=len(records), amounts=amounts, urgent=self._urgent(records)))
+            if decision.verdict is shedding.Verdict.SHED:
+                yield from self._shed_work(work, request, decision.why)
+                continue
+            ticket = shedding.Ticket(self._queue, len(records), amounts)
+            futures.append(self._pool.submit(self._solve_admitted, records, request, ticket))
         for future in concurrent.futures.as_completed(futures):
             rows, dead = future.result()
             yield from rows
             for d in dead:
                 yield TaggedOutput(DEAD, d)
 
+    # -- load shedding (shedding.decide is the policy) ------------------------
+
+    def _urgent(self, records: List[Record]) -> bool:
+        """A pack is urgent when any of its records is: none of them may be shed."""
+        field = self._s.urgent_field
+        return bool(field) and any(shedding.is_urgent(r.attrs.get(field)) for r in records)
+
+    def _decide(self, depth: int, pending: shedding.Amounts, *, size: int, amounts: shedding.Amounts,
+                urgent: bool) -> shedding.Decision:
+        """Called by InFlight.admit under its lock, with the queue as it is now."""
+        deadline = self._ctx.deadline_at
+        projected = None
+        if deadline is not None and self._s.shed_to != "wait" and not urgent \
+                and not self._limiter.bootstrapping:
+            # The queued work ahead, not yet granted, plus this work.
+            projected = self._limiter.estimate_queue_wait(*(p + a for p, a in zip(pending, amounts)))
+        return shedding.decide(depth=depth, size=size, max_in_flight=self._s.max_in_flight,
+                               projected_wait_s=projected, now=time.time(), deadline_at=deadline,
+                               urgent=urgent, shed_to=self._s.shed_to)
+
+    def _shed_work(self, work: Work, request: Request, why: str) -> Iterator:
+        """A shed work leaves whole: to the batch route, or to the dead letter as `shed`."""
+        self._shed.inc(len(work))
+        progress.add("shed", len(work))
+        if self._s.shed_to == "batch":
+            yield TaggedOutput(SHED, work)
+            return
+        for d in failed_request(self._ctx, request, Sent(submitted_at=now(), attempts=0), Stage.SUBMIT,
+                                Reason.SHED, why, batch=False):
+            yield TaggedOutput(DEAD, d)
+
+    def _solve_admitted(self, records: List[Record], request: Request, ticket: shedding.Ticket):
+        try:
+            return self._solve(records, 1, {}, request=request, ticket=ticket)
+        finally:
+            ticket.close()  # answered, or failed: its room in the queue is free again
+
     # -- one request and its consequences (runs on a pool thread) ------------
 
-    def _solve(self, records: List[Record], attempt: int, carried: Carried):
+    def _solve(self, records: List[Record], attempt: int, carried: Carried,
+               request: Optional[Request] = None, ticket: Optional[shedding.Ticket] = None):
         rows: List[Dict[str, Any]] = []
         dead = []
-        request = self._builder.request_for(records, self._packed, attempt,
-                                            shared=self._shared[self._packed and len(records) > 1])
+        if request is None:
+            request = self._builder.request_for(records, self._packed, attempt,
+                                                shared=self._shared[self._packed and len(records) > 1])
         submitted_at = now()
         if self._halted:
             reason, why = self._halted
@@ -137,7 +208,7 @@ class _CallMessagesDoFn(beam.DoFn):
         stats = retry.RetryStats()
         progress.add("submitted", len(request.items))
         try:
-            message, request_id = self._send(request, stats)
+            message, request_id = self._send(request, stats, ticket)
         except Exception as e:  # noqa: BLE001 - every failure is classified: split, halt or dead letter
             if budget is not None:
                 budget.settle(worst, 0.0)  # an error answer is not billed
@@ -167,16 +238,23 @@ class _CallMessagesDoFn(beam.DoFn):
             dead += more_dead
         return rows, dead
 
-    def _send(self, request: Request, stats: retry.RetryStats):
+    def _expected_tokens(self, request: Request) -> Tuple[float, float]:
+        """(input, output) tokens the limiter reserves for a request.
+
+        Reserve what ITPM will count: cached instructions are read, not counted
+        (a cache miss is settled as debt after the answer)."""
+        return (max(1, request.input_tokens - self._cached[request.packed]),
+                self._builder.expected_output_tokens(request))
+
+    def _send(self, request: Request, stats: retry.RetryStats, ticket: Optional[shedding.Ticket] = None):
         params = self._builder.params(request)
-        expected_output = self._builder.expected_output_tokens(request)
-        # Reserve what ITPM will count: cached instructions are read, not counted
-        # (a cache miss is settled as debt after the answer).
-        expected_input = max(1, request.input_tokens - self._cached[request.packed])
+        expected_input, expected_output = self._expected_tokens(request)
 
         def attempt():
             self._requests.inc()
             with self._limiter.acquire(expected_input, expected_output) as reservation:
+                if ticket is not None:
+                    ticket.sent()  # the limiter holds it now: no longer queued ahead of others
                 raw = self._client.messages.with_raw_response.create(**params)
                 reservation.observe_headers(raw.headers)
                 message = raw.parse()
@@ -229,11 +307,17 @@ class _CallMessagesDoFn(beam.DoFn):
 
 
 class CallMessages(beam.PTransform):
-    """PCollection[Work] -> {'results': rows, 'dead_letter': DeadLetters} through the Messages API."""
+    """PCollection[Work] -> {'results': rows, 'dead_letter': DeadLetters, 'shed': Works}
+    through the Messages API. 'shed' holds the Works shed to the batch route
+    (--shed-to batch); it is empty otherwise."""
 
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
-                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool):
+                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool,
+                 records_per_work: int = 1):
         super().__init__()
+        if settings.max_in_flight is None:
+            settings = dataclasses.replace(settings, max_in_flight=shedding.default_max_in_flight(
+                settings.concurrency, records_per_work))
         self._args = (api, builder, ctx, retry_policy, settings, packed)
         self._concurrency = settings.concurrency
 
@@ -245,5 +329,5 @@ class CallMessages(beam.PTransform):
                   # legacy bundle-based runner.
                   | "Group for the pool" >> beam.BatchElements(min_batch_size=1, max_batch_size=per_element)
                   | "Call Messages API" >> beam.ParDo(_CallMessagesDoFn(*self._args)).with_outputs(
-                      DEAD, main="results"))
-        return {"results": called.results, "dead_letter": called[DEAD]}
+                      DEAD, SHED, main="results"))
+        return {"results": called.results, "dead_letter": called[DEAD], "shed": called[SHED]}
