@@ -299,7 +299,11 @@ def test_wait_sheds_nothing(tight_emu, api_env, tmp_path):
     results, dead, summary = _run(tight_emu, tmp_path, data, "sync", "wait", *_late())
     assert len(results) == N and not dead
     assert summary["shed_records"] == 0 and not any(r["batch_id"] for r in results)
-    assert tight_emu.stats()["batches_created"] == 0
+    stats = tight_emu.stats()
+    assert stats["batches_created"] == 0
+    # counted on the pool threads, reported by the DoFn: the summary sees every call
+    assert summary["api"]["requests"] == sum(stats["requests"]["POST /v1/messages"].values()) == N
+    assert summary["metrics"]["output_tokens"] == sum(r["output_tokens"] for r in results)
 
 
 def test_full_queue_sheds_all_but_urgent_records(emu, api_env, tmp_path):

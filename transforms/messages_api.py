@@ -10,6 +10,7 @@ further call of this process and dead-letters the rest as `spend_limit`.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -92,16 +93,11 @@ class _CallMessagesDoFn(beam.DoFn):
         self._pool = None
         self._halted: Optional[Tuple[Reason, str]] = None
         self._lock = threading.Lock()
-        self._requests = Metrics.counter("claude", "requests")
-        self._rate_limited = Metrics.counter("claude", "responses_429")
-        self._overloaded = Metrics.counter("claude", "responses_529")
-        self._retries = Metrics.counter("claude", "retries")
-        self._throttled_ms = Metrics.counter("claude", "throttled_ms")
-        self._input_tokens = Metrics.counter("claude", "input_tokens")
-        self._output_tokens = Metrics.counter("claude", "output_tokens")
-        self._reasked = Metrics.counter("claude", "reasked_records")
-        self._invented = Metrics.counter("claude", "invented_ids")
-        self._split = Metrics.counter("claude", "split_packs")
+        # Beam's metrics container is per thread: a counter incremented on a
+        # pool thread is never reported. Pool threads tally here; process()
+        # reports the tally on the DoFn's own thread.
+        self._tally: collections.Counter = collections.Counter()
+        self._tally_lock = threading.Lock()
         self._shed = Metrics.counter("claude", "shed_records")
 
     def setup(self):
@@ -141,11 +137,28 @@ class _CallMessagesDoFn(beam.DoFn):
                 continue
             ticket = shedding.Ticket(self._queue, len(records), amounts)
             futures.append(self._pool.submit(self._solve_admitted, records, request, ticket))
-        for future in concurrent.futures.as_completed(futures):
-            rows, dead = future.result()
-            yield from rows
-            for d in dead:
-                yield TaggedOutput(DEAD, d)
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                rows, dead = future.result()
+                self._report()
+                yield from rows
+                for d in dead:
+                    yield TaggedOutput(DEAD, d)
+        finally:
+            self._report()
+
+    def _add(self, name: str, amount: int = 1) -> None:
+        """Count `claude/<name>` from any thread (reported by _report)."""
+        if amount:
+            with self._tally_lock:
+                self._tally[name] += amount
+
+    def _report(self) -> None:
+        """Move the pool threads' tally into Beam counters, on the DoFn's thread."""
+        with self._tally_lock:
+            tally, self._tally = self._tally, collections.Counter()
+        for name, amount in tally.items():
+            Metrics.counter("claude", name).inc(amount)
 
     # -- load shedding (shedding.decide is the policy) ------------------------
 
@@ -220,19 +233,19 @@ class _CallMessagesDoFn(beam.DoFn):
         usage = usage_of(message)
         if budget is not None:
             budget.settle(worst, self._ctx.prices.cost(self._ctx.model, usage, batch=False))
-        self._input_tokens.inc(usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                               + usage["cache_read_input_tokens"])
-        self._output_tokens.inc(usage["output_tokens"])
+        self._add("input_tokens", usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                  + usage["cache_read_input_tokens"])
+        self._add("output_tokens", usage["output_tokens"])
         res = resolve(self._ctx, request, sent, message, batch=False, carried=carried,
                       max_reasks=self._s.max_reasks)
         rows += res.rows
         dead += res.dead
         progress.add("answered", len(res.rows) + len(res.dead))
         progress.add("cost_usd", self._ctx.prices.cost(self._ctx.model, usage, batch=False))
-        self._invented.inc(res.invented)
+        self._add("invented_ids", res.invented)
         by_id = {r.record_id: r for r in records}
         for group in res.reasks:
-            self._reasked.inc(len(group))
+            self._add("reasked_records", len(group))
             more_rows, more_dead = self._solve([by_id[i] for i in group], attempt + 1, res.carried)
             rows += more_rows
             dead += more_dead
@@ -251,7 +264,7 @@ class _CallMessagesDoFn(beam.DoFn):
         expected_input, expected_output = self._expected_tokens(request)
 
         def attempt():
-            self._requests.inc()
+            self._add("requests")
             with self._limiter.acquire(expected_input, expected_output) as reservation:
                 if ticket is not None:
                     ticket.sent()  # the limiter holds it now: no longer queued ahead of others
@@ -275,7 +288,7 @@ class _CallMessagesDoFn(beam.DoFn):
             # Too big, or refused (400): split the pack so one record's problem
             # cannot take its neighbours down with it; a single record then
             # fails alone.
-            self._split.inc()
+            self._add("split_packs")
             half = len(records) // 2
             rows, dead = [], []
             for part in (records[:half], records[half:]):
@@ -300,10 +313,10 @@ class _CallMessagesDoFn(beam.DoFn):
                                   decision.reason or type(exc).__name__, batch=False, carried=carried)
 
     def _count(self, stats: retry.RetryStats):
-        self._retries.inc(stats.retries)
-        self._rate_limited.inc(stats.by_kind.get(retry.Kind.RATE_LIMITED, 0))
-        self._overloaded.inc(stats.by_kind.get(retry.Kind.OVERLOADED, 0))
-        self._throttled_ms.inc(int(stats.slept_s * 1000))
+        self._add("retries", stats.retries)
+        self._add("responses_429", stats.by_kind.get(retry.Kind.RATE_LIMITED, 0))
+        self._add("responses_529", stats.by_kind.get(retry.Kind.OVERLOADED, 0))
+        self._add("throttled_ms", int(stats.slept_s * 1000))
 
 
 class CallMessages(beam.PTransform):
