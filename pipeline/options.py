@@ -302,5 +302,3 @@ def validate(opts: ClaudeOptions) -> None:
         raise ValueError("--rate-limit-redis must be a redis:// URL")
     if opts.max_in_flight is not None and opts.max_in_flight < 1:
         raise ValueError("--max-in-flight must be >= 1")
-    if opts.shed_to == "batch" and opts.lifecycle != "all":
-        raise ValueError("--shed-to batch needs --lifecycle all")

@@ -105,6 +105,30 @@ def test_default_max_in_flight_is_one_pool_element():
     assert shedding.default_max_in_flight(1, 0) == 4
 
 
+def test_flags_reach_the_messages_settings_and_are_validated(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipeline.build import resolve_job
+    from pipeline.options import ClaudeOptions, validate
+
+    def opts(*extra):
+        return PipelineOptions(["--task", TASK, "--input", "in.jsonl", "--output", str(tmp_path / "out"),
+                                "--mode", "sync", *extra]).view_as(ClaudeOptions)
+
+    default = resolve_job(opts(), "http://127.0.0.1:1", local=False)
+    assert default.process.messages.shed_to == "wait" and default.process.messages.max_in_flight is None
+    assert default.process.ledger is None  # nothing goes by batch
+    o = opts("--max-in-flight", "50", "--shed-to", "batch", "--urgent-field", "priority")
+    validate(o)
+    job = resolve_job(o, "http://127.0.0.1:1", local=False)
+    m = job.process.messages
+    assert (m.max_in_flight, m.shed_to, m.urgent_field) == (50, "batch", "priority")
+    assert job.process.ledger is not None  # shed works are submitted through the ledger
+    with pytest.raises(ValueError, match="--max-in-flight"):
+        validate(opts("--max-in-flight", "0"))
+    with pytest.raises(SystemExit):
+        opts("--shed-to", "drop")
+
+
 # ----------------------------------------------------------------------------- the queue
 
 def _always(verdict):
