@@ -106,7 +106,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
     source = opts.input or opts.input_subscription or opts.input_topic
     run_id = opts.run_id or default_run_id(task, source, opts.mode, day)
     ledger = None
-    if opts.mode in ("batch", "packed-batch"):
+    # Works shed to the batch route are submitted through the ledger too.
+    if opts.mode in ("batch", "packed-batch") or getattr(opts, "shed_to", "wait") == "batch":
         if opts.ledger:
             ledger = LedgerSettings(_dated(opts.ledger, day))
         elif local:
@@ -138,7 +139,8 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
         messages=MessagesSettings(
             concurrency=opts.concurrency, max_reasks=opts.max_reasks,
             limits=Limits(rpm=opts.rpm, itpm=opts.itpm, otpm=opts.otpm, rpd=opts.rpd),
-            redis_url=opts.rate_limit_redis),
+            redis_url=opts.rate_limit_redis, max_in_flight=getattr(opts, "max_in_flight", None),
+            shed_to=getattr(opts, "shed_to", "wait"), urgent_field=getattr(opts, "urgent_field", None)),
         ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all")
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)

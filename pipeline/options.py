@@ -11,6 +11,7 @@ from transforms.normalize import DEFAULT_MAX_TEXT_BYTES
 from transforms.read import FORMATS
 from transforms.process import DEFAULT_PACK_MAX_INPUT_TOKENS, DEFAULT_PACK_SIZE
 from transforms.requests import DEFAULT_CACHE_MIN_TOKENS
+from transforms.shedding import SHED_TO
 
 MODES = ("sync", "packed", "batch", "packed-batch")
 LOCAL = "local"
@@ -166,6 +167,20 @@ class ClaudeOptions(PipelineOptions):
         msgs.add_argument("--rate-limit-redis", dest="rate_limit_redis", default=None,
                           help="redis://host:port[/db]: share one rate-limit budget among all "
                                "workers (default: one budget per worker process).")
+        msgs.add_argument("--max-in-flight", dest="max_in_flight", type=int, default=None,
+                          help="Most records admitted to a worker process's Messages queue and not "
+                               "yet answered. Default: 4 x --concurrency x records per request "
+                               "(--pack-size for packed).")
+        msgs.add_argument("--shed-to", dest="shed_to", choices=SHED_TO, default="wait",
+                          help="Load shedding, for records that would join a full queue "
+                               "(--max-in-flight) or that the rate limits project to be sent after "
+                               "--deadline. wait (default): shed nothing, wait for room "
+                               "(backpressure). batch: send them through the Message Batches API "
+                               "instead (their rows show mode batch and a batch_id). dead-letter: "
+                               "write them to the dead letter as 'shed', saying why.")
+        msgs.add_argument("--urgent-field", dest="urgent_field", default=None,
+                          help="Input field marking urgent records (true, 1, yes...): they are "
+                               "never shed, they wait. Every other record may be shed.")
 
         stream = parser.add_argument_group("streaming (Pub/Sub)")
         stream.add_argument("--input-subscription", dest="input_subscription", default=None,
@@ -285,3 +300,5 @@ def validate(opts: ClaudeOptions) -> None:
         raise ValueError("--api-key-secret must look like projects/P/secrets/S/versions/V")
     if opts.rate_limit_redis and not opts.rate_limit_redis.startswith(("redis://", "rediss://")):
         raise ValueError("--rate-limit-redis must be a redis:// URL")
+    if opts.max_in_flight is not None and opts.max_in_flight < 1:
+        raise ValueError("--max-in-flight must be >= 1")

@@ -73,6 +73,9 @@ def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
         "cost_usd": round(totals["cost_usd"], 6),
         "batches_created": metrics.get("batches_created", 0),
         "batches_reused": metrics.get("batches_reused", 0),
+        # Records load shedding took off the Messages route (--shed-to): to the
+        # batch route, or to the dead letter as `shed`.
+        "shed_records": metrics.get("shed_records", 0),
         "api": {name: metrics.get(key, 0) for name, key in _API_COUNTERS},
         "metrics": dict(sorted(metrics.items())),
         "wall_time_s": round(wall_s, 2),
@@ -96,12 +99,25 @@ def render(summary: Mapping[str, Any]) -> str:
               _savings_line(summary),
               f"  batches         {summary['batches_created']:>10,}"
               + (f"  (+{summary['batches_reused']} reused from the ledger)" if summary.get("batches_reused") else ""),
+              *_shed_lines(summary),
               "  API             " + (", ".join(
                   f"{k} {v / 1000 if k == 'throttled_s' else v:,.0f}" for k, v in summary.get("api", {}).items()
                   if v) or "-"),
               f"  wall time       {summary['wall_time_s']:>9.1f}s",
               f"  output          {summary['output']}/results, {summary['output']}/dead_letter"]
     return "\n".join(lines)
+
+
+def _shed_lines(summary: Mapping[str, Any]):
+    """The load-shedding line: on every Messages-route run, and on any run that shed."""
+    shed = summary.get("shed_records", 0)
+    if not shed and summary.get("mode") not in ("sync", "packed"):
+        return []
+    line = f"  shed records    {shed:>10,}"
+    if shed:
+        dead = summary.get("dead_letters_by_reason", {}).get("shed", 0)
+        line += f"  ({dead:,} to the dead letter, {shed - dead:,} to the batch API)"
+    return [line]
 
 
 def _savings_line(summary: Mapping[str, Any]) -> str:

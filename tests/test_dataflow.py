@@ -173,6 +173,18 @@ def test_step_names_match_the_snapshot(dry_runs, mode):
     check_snapshot(f"steps_{mode}.txt", step_lines(dry_runs[mode].pipeline))
 
 
+@pytest.mark.parametrize("mode", ["sync", "packed"])
+def test_shed_to_batch_adds_the_batch_route_to_the_messages_modes(mode):
+    """--shed-to batch: the Messages modes' steps, plus the batch route under its own label."""
+    lines = step_lines(dry_run(mode, "--shed-to", "batch").pipeline)
+    check_snapshot(f"steps_{mode}_shed_batch.txt", lines)
+    names = [line.split("  [")[0].strip() for line in lines]
+    assert "Process with Claude/Shed to batches/Submit batches" in names
+    with open(os.path.join(SNAPSHOTS, f"steps_{mode}.txt"), encoding="utf-8") as f:
+        plain = {line.split("  [")[0].strip() for line in f}
+    assert plain <= set(names)  # nothing of the plain graph is renamed
+
+
 def test_the_options_reach_the_job_by_their_dest_names(dry_runs):
     """Dataflow hands workers the options under their dest names (sdkPipelineOptions)."""
     options = dry_runs["batch"].request["environment"]["sdkPipelineOptions"]["options"]
@@ -245,6 +257,7 @@ SAMPLES = {
     "pack_key_field": "customer_id", "input_subscription": "projects/my-project/subscriptions/claude-in",
     "input_topic": "projects/my-project/topics/claude-in", "output_topic": "projects/my-project/topics/claude-out",
     "dead_letter_topic": "projects/my-project/topics/claude-dead", "id_attribute": "record_id",
+    "urgent_field": "priority",
 }
 
 

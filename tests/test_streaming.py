@@ -76,3 +76,45 @@ def test_published_messages_all_land_once(pubsub, emu, tmp_path, mode, N_GOOD):
     reasons = sorted(d["error_type"] for d in dead)
     assert reasons == sorted(["malformed_json", "not_an_object", "empty_id", "missing_id", "duplicate_id"])
     assert len(results) + len(dead) == N_GOOD + len(BAD)
+
+
+def test_streaming_sync_sheds_a_full_queue_to_the_batch_api(pubsub, emu, tmp_path):
+    """--shed-to batch in a streaming job: answers slowed to 300 ms and
+    --max-in-flight 2 keep the Messages queue full, so part of the records go
+    through Message Batches instead; every record still lands exactly once."""
+    n = 40
+    topic, sub = create_topic_and_subscription(pubsub, "records-shed", "records-shed-sub")
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub, ANTHROPIC_API_KEY="test-key-not-a-secret")
+    emu.configure(latency_ms=300.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input-subscription", sub,
+         "--output", out, "--mode", "sync", "--api-base", emu.base_url,
+         "--window-secs", "10", "--max-buffering-secs", "1", "--poll-interval-s", "0.1",
+         "--poll-max-interval-s", "0.5", "--streaming-duration-s", "600",
+         "--shed-to", "batch", "--max-in-flight", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        records = list(datagen.generate_records(n, seed=11, customers=10))
+        publish(pubsub, topic, [json.dumps(r).encode() for r in records])
+        deadline = time.monotonic() + 180
+        while True:
+            results, dead = _rows(out)
+            if len(results) + len(dead) >= n:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {n} rows landed"
+            time.sleep(1)
+        time.sleep(2)  # anything extra (a duplicate row) would land now
+        results, dead = _rows(out)
+    finally:
+        emu.configure(latency_ms=0.0)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ids = [r["record_id"] for r in results]
+    assert not dead and len(ids) == len(set(ids)) == n and set(ids) == {r["id"] for r in records}
+    modes = {r["mode"] for r in results}
+    assert modes == {"sync", "batch"}, modes  # some answered online, the shed ones by batch

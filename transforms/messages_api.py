@@ -10,19 +10,21 @@ further call of this process and dead-letters the rest as `spend_limit`.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import logging
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import progress, ratelimit, retry
+from transforms import progress, ratelimit, retry, shedding
 from transforms.budget import get_budget, worst_case_usd
 from transforms.client import ApiSettings, RetryPolicy, make_client
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
@@ -33,6 +35,8 @@ __all__ = ["CallMessages", "MessagesSettings"]
 
 _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
+#: Tagged output of the Works shed to the batch route (--shed-to batch).
+SHED = "shed"
 
 #: Works of one element (BatchElements) per worker thread: enough to keep the
 #: pool busy between elements without holding many answers in memory.
@@ -48,6 +52,19 @@ class MessagesSettings:
     limits: Optional[ratelimit.Limits] = None
     redis_url: Optional[str] = None
     burst_seconds: float = ratelimit.DEFAULT_BURST_SECONDS
+    #: Records admitted to this process's queue and not yet answered; None:
+    #: shedding.default_max_in_flight (CallMessages resolves it).
+    max_in_flight: Optional[int] = None
+    #: 'wait' (backpressure only), 'batch' or 'dead-letter' (see shedding.decide).
+    shed_to: str = "wait"
+    #: A record whose attrs[urgent_field] is truthy is never shed.
+    urgent_field: Optional[str] = None
+
+    def __post_init__(self):
+        if self.shed_to not in shedding.SHED_TO:
+            raise ValueError(f"shed_to must be one of {shedding.SHED_TO}, got {self.shed_to!r}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
 
     def budget_key(self, api: ApiSettings, model: str) -> str:
         """One budget per (endpoint, model) -- what the API's limits are keyed by --
@@ -76,16 +93,12 @@ class _CallMessagesDoFn(beam.DoFn):
         self._pool = None
         self._halted: Optional[Tuple[Reason, str]] = None
         self._lock = threading.Lock()
-        self._requests = Metrics.counter("claude", "requests")
-        self._rate_limited = Metrics.counter("claude", "responses_429")
-        self._overloaded = Metrics.counter("claude", "responses_529")
-        self._retries = Metrics.counter("claude", "retries")
-        self._throttled_ms = Metrics.counter("claude", "throttled_ms")
-        self._input_tokens = Metrics.counter("claude", "input_tokens")
-        self._output_tokens = Metrics.counter("claude", "output_tokens")
-        self._reasked = Metrics.counter("claude", "reasked_records")
-        self._invented = Metrics.counter("claude", "invented_ids")
-        self._split = Metrics.counter("claude", "split_packs")
+        # Beam's metrics container is per thread: a counter incremented on a
+        # pool thread is never reported. Pool threads tally here; process()
+        # reports the tally on the DoFn's own thread.
+        self._tally: collections.Counter = collections.Counter()
+        self._tally_lock = threading.Lock()
+        self._shed = Metrics.counter("claude", "shed_records")
 
     def setup(self):
         self._client = make_client(self._api)
@@ -98,6 +111,9 @@ class _CallMessagesDoFn(beam.DoFn):
             burst_seconds=self._s.burst_seconds))
         self._gate = ratelimit.get_limiter(key + "#gate", functools.partial(
             ratelimit.ConcurrencyGate, self._s.concurrency))
+        # One queue per process and budget, like the limiter: every DoFn
+        # instance's admitted work counts toward the same bound.
+        self._queue = ratelimit.get_limiter(key + "#queue", shedding.InFlight)
         self._shared = {False: self._builder.shared_size(False), True: self._builder.shared_size(True)}
         self._cached = {p: self._builder.cached_prefix_tokens(p) for p in (False, True)}
 
@@ -108,20 +124,88 @@ class _CallMessagesDoFn(beam.DoFn):
             self._client.close()
 
     def process(self, works: Sequence[Work]) -> Iterator:
-        futures = [self._pool.submit(self._solve, list(work), 1, {}) for work in works]
-        for future in concurrent.futures.as_completed(futures):
-            rows, dead = future.result()
-            yield from rows
-            for d in dead:
-                yield TaggedOutput(DEAD, d)
+        futures = []
+        for work in works:
+            records = list(work)
+            request = self._builder.request_for(records, self._packed,
+                                                shared=self._shared[self._packed and len(records) > 1])
+            amounts = (1.0,) + self._expected_tokens(request)
+            decision = self._queue.admit(len(records), amounts, functools.partial(
+                self._decide, size=len(records), amounts=amounts, urgent=self._urgent(records)))
+            if decision.verdict is shedding.Verdict.SHED:
+                yield from self._shed_work(work, request, decision.why)
+                continue
+            ticket = shedding.Ticket(self._queue, len(records), amounts)
+            futures.append(self._pool.submit(self._solve_admitted, records, request, ticket))
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                rows, dead = future.result()
+                self._report()
+                yield from rows
+                for d in dead:
+                    yield TaggedOutput(DEAD, d)
+        finally:
+            self._report()
+
+    def _add(self, name: str, amount: int = 1) -> None:
+        """Count `claude/<name>` from any thread (reported by _report)."""
+        if amount:
+            with self._tally_lock:
+                self._tally[name] += amount
+
+    def _report(self) -> None:
+        """Move the pool threads' tally into Beam counters, on the DoFn's thread."""
+        with self._tally_lock:
+            tally, self._tally = self._tally, collections.Counter()
+        for name, amount in tally.items():
+            Metrics.counter("claude", name).inc(amount)
+
+    # -- load shedding (shedding.decide is the policy) ------------------------
+
+    def _urgent(self, records: List[Record]) -> bool:
+        """A pack is urgent when any of its records is: none of them may be shed."""
+        field = self._s.urgent_field
+        return bool(field) and any(shedding.is_urgent(r.attrs.get(field)) for r in records)
+
+    def _decide(self, depth: int, pending: shedding.Amounts, *, size: int, amounts: shedding.Amounts,
+                urgent: bool) -> shedding.Decision:
+        """Called by InFlight.admit under its lock, with the queue as it is now."""
+        deadline = self._ctx.deadline_at
+        projected = None
+        if deadline is not None and self._s.shed_to != "wait" and not urgent \
+                and not self._limiter.bootstrapping:
+            # The queued work ahead, not yet granted, plus this work.
+            projected = self._limiter.estimate_queue_wait(*(p + a for p, a in zip(pending, amounts)))
+        return shedding.decide(depth=depth, size=size, max_in_flight=self._s.max_in_flight,
+                               projected_wait_s=projected, now=time.time(), deadline_at=deadline,
+                               urgent=urgent, shed_to=self._s.shed_to)
+
+    def _shed_work(self, work: Work, request: Request, why: str) -> Iterator:
+        """A shed work leaves whole: to the batch route, or to the dead letter as `shed`."""
+        self._shed.inc(len(work))
+        progress.add("shed", len(work))
+        if self._s.shed_to == "batch":
+            yield TaggedOutput(SHED, work)
+            return
+        for d in failed_request(self._ctx, request, Sent(submitted_at=now(), attempts=0), Stage.SUBMIT,
+                                Reason.SHED, why, batch=False):
+            yield TaggedOutput(DEAD, d)
+
+    def _solve_admitted(self, records: List[Record], request: Request, ticket: shedding.Ticket):
+        try:
+            return self._solve(records, 1, {}, request=request, ticket=ticket)
+        finally:
+            ticket.close()  # answered, or failed: its room in the queue is free again
 
     # -- one request and its consequences (runs on a pool thread) ------------
 
-    def _solve(self, records: List[Record], attempt: int, carried: Carried):
+    def _solve(self, records: List[Record], attempt: int, carried: Carried,
+               request: Optional[Request] = None, ticket: Optional[shedding.Ticket] = None):
         rows: List[Dict[str, Any]] = []
         dead = []
-        request = self._builder.request_for(records, self._packed, attempt,
-                                            shared=self._shared[self._packed and len(records) > 1])
+        if request is None:
+            request = self._builder.request_for(records, self._packed, attempt,
+                                                shared=self._shared[self._packed and len(records) > 1])
         submitted_at = now()
         if self._halted:
             reason, why = self._halted
@@ -137,7 +221,7 @@ class _CallMessagesDoFn(beam.DoFn):
         stats = retry.RetryStats()
         progress.add("submitted", len(request.items))
         try:
-            message, request_id = self._send(request, stats)
+            message, request_id = self._send(request, stats, ticket)
         except Exception as e:  # noqa: BLE001 - every failure is classified: split, halt or dead letter
             if budget is not None:
                 budget.settle(worst, 0.0)  # an error answer is not billed
@@ -149,34 +233,41 @@ class _CallMessagesDoFn(beam.DoFn):
         usage = usage_of(message)
         if budget is not None:
             budget.settle(worst, self._ctx.prices.cost(self._ctx.model, usage, batch=False))
-        self._input_tokens.inc(usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                               + usage["cache_read_input_tokens"])
-        self._output_tokens.inc(usage["output_tokens"])
+        self._add("input_tokens", usage["input_tokens"] + usage["cache_creation_input_tokens"]
+                  + usage["cache_read_input_tokens"])
+        self._add("output_tokens", usage["output_tokens"])
         res = resolve(self._ctx, request, sent, message, batch=False, carried=carried,
                       max_reasks=self._s.max_reasks)
         rows += res.rows
         dead += res.dead
         progress.add("answered", len(res.rows) + len(res.dead))
         progress.add("cost_usd", self._ctx.prices.cost(self._ctx.model, usage, batch=False))
-        self._invented.inc(res.invented)
+        self._add("invented_ids", res.invented)
         by_id = {r.record_id: r for r in records}
         for group in res.reasks:
-            self._reasked.inc(len(group))
+            self._add("reasked_records", len(group))
             more_rows, more_dead = self._solve([by_id[i] for i in group], attempt + 1, res.carried)
             rows += more_rows
             dead += more_dead
         return rows, dead
 
-    def _send(self, request: Request, stats: retry.RetryStats):
+    def _expected_tokens(self, request: Request) -> Tuple[float, float]:
+        """(input, output) tokens the limiter reserves for a request.
+
+        Reserve what ITPM will count: cached instructions are read, not counted
+        (a cache miss is settled as debt after the answer)."""
+        return (max(1, request.input_tokens - self._cached[request.packed]),
+                self._builder.expected_output_tokens(request))
+
+    def _send(self, request: Request, stats: retry.RetryStats, ticket: Optional[shedding.Ticket] = None):
         params = self._builder.params(request)
-        expected_output = self._builder.expected_output_tokens(request)
-        # Reserve what ITPM will count: cached instructions are read, not counted
-        # (a cache miss is settled as debt after the answer).
-        expected_input = max(1, request.input_tokens - self._cached[request.packed])
+        expected_input, expected_output = self._expected_tokens(request)
 
         def attempt():
-            self._requests.inc()
+            self._add("requests")
             with self._limiter.acquire(expected_input, expected_output) as reservation:
+                if ticket is not None:
+                    ticket.sent()  # the limiter holds it now: no longer queued ahead of others
                 raw = self._client.messages.with_raw_response.create(**params)
                 reservation.observe_headers(raw.headers)
                 message = raw.parse()
@@ -197,7 +288,7 @@ class _CallMessagesDoFn(beam.DoFn):
             # Too big, or refused (400): split the pack so one record's problem
             # cannot take its neighbours down with it; a single record then
             # fails alone.
-            self._split.inc()
+            self._add("split_packs")
             half = len(records) // 2
             rows, dead = [], []
             for part in (records[:half], records[half:]):
@@ -222,18 +313,24 @@ class _CallMessagesDoFn(beam.DoFn):
                                   decision.reason or type(exc).__name__, batch=False, carried=carried)
 
     def _count(self, stats: retry.RetryStats):
-        self._retries.inc(stats.retries)
-        self._rate_limited.inc(stats.by_kind.get(retry.Kind.RATE_LIMITED, 0))
-        self._overloaded.inc(stats.by_kind.get(retry.Kind.OVERLOADED, 0))
-        self._throttled_ms.inc(int(stats.slept_s * 1000))
+        self._add("retries", stats.retries)
+        self._add("responses_429", stats.by_kind.get(retry.Kind.RATE_LIMITED, 0))
+        self._add("responses_529", stats.by_kind.get(retry.Kind.OVERLOADED, 0))
+        self._add("throttled_ms", int(stats.slept_s * 1000))
 
 
 class CallMessages(beam.PTransform):
-    """PCollection[Work] -> {'results': rows, 'dead_letter': DeadLetters} through the Messages API."""
+    """PCollection[Work] -> {'results': rows, 'dead_letter': DeadLetters, 'shed': Works}
+    through the Messages API. 'shed' holds the Works shed to the batch route
+    (--shed-to batch); it is empty otherwise."""
 
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
-                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool):
+                 retry_policy: RetryPolicy, settings: MessagesSettings, packed: bool,
+                 records_per_work: int = 1):
         super().__init__()
+        if settings.max_in_flight is None:
+            settings = dataclasses.replace(settings, max_in_flight=shedding.default_max_in_flight(
+                settings.concurrency, records_per_work))
         self._args = (api, builder, ctx, retry_policy, settings, packed)
         self._concurrency = settings.concurrency
 
@@ -245,5 +342,5 @@ class CallMessages(beam.PTransform):
                   # legacy bundle-based runner.
                   | "Group for the pool" >> beam.BatchElements(min_batch_size=1, max_batch_size=per_element)
                   | "Call Messages API" >> beam.ParDo(_CallMessagesDoFn(*self._args)).with_outputs(
-                      DEAD, main="results"))
-        return {"results": called.results, "dead_letter": called[DEAD]}
+                      DEAD, SHED, main="results"))
+        return {"results": called.results, "dead_letter": called[DEAD], "shed": called[SHED]}

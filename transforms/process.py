@@ -178,19 +178,50 @@ class ProcessWithClaude(beam.PTransform):
             works = checked.records | "One record per request" >> beam.Map(lambda r: (r,))
 
         if s.mode in ("sync", "packed"):
-            out = works | "Call Messages" >> CallMessages(s.api, s.builder, s.ctx, s.retry, s.messages,
-                                                          packed=s.packed)
+            out = works | "Call Messages" >> CallMessages(
+                s.api, s.builder, s.ctx, s.retry, s.messages, packed=s.packed,
+                records_per_work=s.pack_bounds().max_items if s.packed else 1)
+            if s.messages.shed_to == "batch":
+                # Shed works finish through the Batch API; their rows say so
+                # (mode batch / packed-batch, a batch_id).
+                via = out["shed"] | "Shed to batches" >> _ViaBatches(s, shed=True)
+                return {
+                    "results": ((out["results"], via["results"])
+                                | "Merge shed results" >> beam.Flatten()),
+                    "dead_letter": ((checked[DEAD], out["dead_letter"], via["dead_letter"])
+                                    | "Merge processing dead letters" >> beam.Flatten())}
         else:
-            shards = s.batch_shards
-            out = (works
-                   | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
-                   | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w)).with_output_types(
-                       Tuple[int, Any])
-                   | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
-                   | "Submit batches" >> SubmitBatches(s.api, s.builder, s.ctx, s.poll, s.retry,
-                                                       max_reasks=s.messages.max_reasks, ledger=s.ledger,
-                                                       lifecycle_stage=s.lifecycle,
-                                                       streaming=bool(s.max_buffering_s)))
+            out = _via_batches(works, s, s.ctx)
         dead = ((checked[DEAD], out["dead_letter"])
                 | "Merge processing dead letters" >> beam.Flatten())
         return {"results": out["results"], "dead_letter": dead}
+
+
+def _via_batches(works, s: ProcessSettings, ctx: RowContext):
+    """Works -> {'results', 'dead_letter'} through Message Batches: the batch
+    modes' route, and the route of works shed by the Messages route."""
+    shards = s.batch_shards
+    return (works
+            | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
+            | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w)).with_output_types(
+                Tuple[int, Any])
+            | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
+            | "Submit batches" >> SubmitBatches(s.api, s.builder, ctx, s.poll, s.retry,
+                                                max_reasks=s.messages.max_reasks, ledger=s.ledger,
+                                                lifecycle_stage=s.lifecycle,
+                                                streaming=bool(s.max_buffering_s)))
+
+
+class _ViaBatches(beam.PTransform):
+    """The batch route as one composite (for shed works: its own label scope)."""
+
+    def __init__(self, settings: ProcessSettings, shed: bool = False):
+        super().__init__()
+        self._s = settings
+        ctx = settings.ctx
+        if shed:
+            ctx = dataclasses.replace(ctx, mode="packed-batch" if settings.packed else "batch")
+        self._ctx = ctx
+
+    def expand(self, works):
+        return _via_batches(works, self._s, self._ctx)

@@ -34,7 +34,8 @@ def render(counts: Dict[str, float], elapsed_s: float) -> str:
     return (f"[{elapsed_s:6.0f}s] submitted {int(counts.get('submitted', 0)):,}  "
             f"answered {int(counts.get('answered', 0)):,}  "
             f"batches in progress {int(counts.get('batches_open', 0)):,}  "
-            f"cost so far ${counts.get('cost_usd', 0.0):.4f}")
+            f"cost so far ${counts.get('cost_usd', 0.0):.4f}"
+            + (f"  shed {int(counts['shed']):,}" if counts.get("shed") else ""))
 
 
 class ProgressLine:

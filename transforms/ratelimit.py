@@ -494,6 +494,29 @@ class _LimiterBase:
             wait, _, _ = self._take(amounts, dry_run=True)
         return max(0.0, wait)
 
+    def estimate_queue_wait(self, requests: float, input_tokens: float, output_tokens: float = 0) -> float:
+        """Seconds until a queue of `requests` requests holding these tokens in
+        total could all have been granted, at the current levels and refill
+        rates (plus any 429 pause). Nothing is reserved.
+
+        Unlike :meth:`estimate_wait` (one request, capped at a full bucket) this
+        is the fluid projection of a backlog: a queue worth five minutes of
+        tokens drains in five minutes whatever the bucket's burst capacity.
+        For load shedding: work projected past --deadline leaves the queue.
+        """
+        amounts = self._amounts(input_tokens, output_tokens)
+        amounts[REQUESTS] = amounts[REQUESTS_PER_DAY] = max(0.0, float(requests))
+        with self._cond:
+            # a 429 pause (or a single over-sized request) as the backend sees it
+            wait, _, _ = self._take(self._amounts(0, 0), dry_run=True)
+            levels = self._levels()
+            for dim, level in levels.items():
+                limit = self._effective_limit(dim)
+                if level is None or limit is None or amounts[dim] <= 0:
+                    continue
+                wait = max(wait, (amounts[dim] - level) / (limit / _PERIOD_S[dim]))
+        return max(0.0, wait)
+
     def observe_headers(self, headers: Optional[Mapping[str, str]],
                         reservation: Optional[Reservation] = None) -> Dict[str, HeaderLimits]:
         """Correct the local view with a response's ``anthropic-ratelimit-*`` headers.
