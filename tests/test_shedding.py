@@ -239,10 +239,12 @@ def test_queue_wait_includes_a_429_pause_and_ignores_unlimited_dims():
 # ----------------------------------------------------------------------------- the pipeline
 
 N = 20
-#: The emulator enforces 120 RPM with a 3 s bucket (6 at once, then 2/s), and
-#: the job is told the same limit: 20 sync records need ~7 s, so a deadline
-#: 4 s after start-up cannot be met by all of them.
-RPM = 120
+#: The emulator enforces 60 RPM with a 3 s bucket (3 at once, then 1/s), and
+#: the job is told the same limit: 20 sync records need ~17 s, so a deadline
+#: 10 s after the job is built cannot be met by all of them, while a loaded
+#: machine (start-up of up to ~8 s before the first call) still sends some.
+RPM = 60
+DEADLINE_S = 10
 
 
 @pytest.fixture
@@ -279,7 +281,7 @@ def _run(emu, tmp_path, data, mode, shed_to, *extra):
 
 
 def _late(*extra):
-    return ("--rpm", str(RPM), "--deadline", "4", *extra)
+    return ("--rpm", str(RPM), "--deadline", str(DEADLINE_S), *extra)
 
 
 def test_deadline_sheds_to_the_dead_letter(tight_emu, api_env, tmp_path):
@@ -300,9 +302,9 @@ def test_deadline_sheds_to_the_dead_letter(tight_emu, api_env, tmp_path):
 @pytest.mark.parametrize("mode,batch_mode", [("sync", "batch"), ("packed", "packed-batch")])
 def test_deadline_sheds_to_the_batch_api(tight_emu, api_env, tmp_path, mode, batch_mode):
     data = _input(tmp_path)
-    rpm = RPM if mode == "sync" else 30  # packs are 3x fewer requests
+    rpm = RPM if mode == "sync" else RPM // 3  # packs of 3 are 3x fewer requests
     results, dead, summary = _run(tight_emu, tmp_path, data, mode, "batch",
-                                  "--rpm", str(rpm), "--deadline", "4")
+                                  "--rpm", str(rpm), "--deadline", str(DEADLINE_S))
     assert not dead, [(d["record_id"], d["error_type"], d["error_message"]) for d in dead]
     via_batch = [r for r in results if r["batch_id"]]
     online = [r for r in results if not r["batch_id"]]
