@@ -291,6 +291,9 @@ def validate(opts: ClaudeOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1")
+    if getattr(opts, "shed_to", "wait") != "wait" and opts.mode in ("batch", "packed-batch"):
+        raise ValueError(f"--shed-to {opts.shed_to} applies to --mode sync and packed (the Messages "
+                         f"route); in --mode {opts.mode} nothing waits on the rate limiter")
     if opts.lifecycle != "all" and opts.mode not in ("batch", "packed-batch"):
         raise ValueError("--lifecycle submit/collect needs --mode batch or packed-batch")
     if opts.run_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", opts.run_date):

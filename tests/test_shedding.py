@@ -127,6 +127,10 @@ def test_flags_reach_the_messages_settings_and_are_validated(tmp_path):
         validate(opts("--max-in-flight", "0"))
     with pytest.raises(SystemExit):
         opts("--shed-to", "drop")
+    # the batch modes never wait on the limiter: a --shed-to there is a mistake, said early
+    with pytest.raises(ValueError, match="--shed-to dead-letter applies to --mode sync and packed"):
+        validate(opts("--shed-to", "dead-letter", "--mode", "batch"))
+    validate(opts("--shed-to", "wait", "--mode", "packed-batch"))
 
 
 # ----------------------------------------------------------------------------- the queue
