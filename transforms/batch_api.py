@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -17,7 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import lifecycle, progress
+from transforms import fastjson, lifecycle, progress
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
@@ -290,7 +289,7 @@ class _CollectBatches(_ApiDoFn):
         with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
             for line in response.iter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield fastjson.loads(line)
 
     def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
                  retries: List[Request]) -> Iterator:
