@@ -90,15 +90,17 @@ class _ApiDoFn(beam.DoFn):
     def _create_batch(self, builder: RequestBuilder, requests: Sequence[Request],
                       records: Optional[Dict[str, Record]]) -> Tuple[str, bool, Optional[str]]:
         """(batch_id, reused, ledger key): through the ledger when there is one."""
-        body = builder.batch_body(requests)
+        body = builder.batch_body_stream(requests)
 
         def create():
             # The SDK's own client (auth, base URL, errors) with a pre-encoded
             # body: messages.batches.create would deep-copy and re-encode the
             # same instructions once per request (see RequestBuilder.batch_body).
+            # Streamed with its length, so the whole body is never in memory.
             from anthropic.types.messages import MessageBatch
-            return self._call(self._client.post, "/v1/messages/batches", cast_to=MessageBatch,
-                              content=body, options={"headers": {"content-type": "application/json"}})
+            return self._call(self._client.post, "/v1/messages/batches", cast_to=MessageBatch, content=body,
+                              options={"headers": {"content-type": "application/json",
+                                                   "content-length": str(body.size)}})
         if self._ledger is None:
             return create().id, False, None
         return lifecycle.submit_once(
