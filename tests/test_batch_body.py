@@ -59,3 +59,17 @@ def test_small_bodies_are_one_chunk(size):
     requests = _requests(builder, n=size + 3)[:size]
     body = builder.batch_body_stream(requests)
     assert len(list(body)) == 1 and body.size == len(bytes(body))
+
+
+def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
+    from transforms.batch_api import open_work, seal_work
+    from transforms.process import _weigh_request
+    builder = RequestBuilder(task=TASK, run_id="r1")
+    recs = tuple(Record(f"id-{i}", "k", f"t{i}") for i in range(3))
+    single, pack = builder.single(recs[0]), (builder.pack(recs), recs)
+    for work in (single, pack):
+        sealed = seal_work(work)
+        assert isinstance(sealed[2], bytes)
+        assert open_work(sealed) == work
+        assert _weigh_request(sealed) == _weigh_request(work)
+        assert open_work(work) is work  # unsealed works pass as they are

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import pickle
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -23,7 +24,7 @@ from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, 
 from transforms.records import Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
 
-__all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch"]
+__all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
 
 _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
@@ -68,6 +69,30 @@ class SubmittedBatch:
     requests: Tuple[Request, ...]
     records: Optional[Dict[str, Record]] = None
     ledger_key: Optional[str] = None
+
+
+#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
+Sealed = Tuple[int, int, bytes]
+
+
+def seal_work(work: Any) -> Sealed:
+    """A Work as its weight and one pickle.
+
+    Between building a request and creating its batch, a Work crosses a
+    shuffle and sits in the batcher's state: as a dataclass it was pickled
+    twice and unpickled twice on the way, and the state cache walked every
+    object of it to weigh the bag. As (int, int, bytes) it is pickled once
+    here, opened once in _CreateBatches, and Beam's coders only copy bytes.
+    """
+    request = work[0] if isinstance(work, tuple) else work
+    return request.size_bytes, request.input_tokens, pickle.dumps(work, pickle.HIGHEST_PROTOCOL)
+
+
+def open_work(work: Any) -> Any:
+    """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
+    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
+        return pickle.loads(work[2])
+    return work
 
 
 class _ApiDoFn(beam.DoFn):
@@ -131,7 +156,7 @@ class _CreateBatches(_ApiDoFn):
         self._sent = Metrics.counter("claude", "batch_requests_sent")
 
     def process(self, element: Tuple[Any, List[Any]]) -> Iterator:
-        _, works = element
+        works = [open_work(w) for w in element[1]]
         requests = [w[0] if isinstance(w, tuple) else w for w in works]
         records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
         submitted_at = now()
@@ -381,6 +406,9 @@ class _CollectBatches(_ApiDoFn):
 
 class SubmitBatches(beam.PTransform):
     """PCollection[(key, [Work])] -> {'results': rows, 'dead_letter': DeadLetters}.
+
+    A Work may be sealed (seal_work): the batch route seals them after
+    building the requests.
 
     One Message Batch per input element (the batcher bounds its size); the
     results file is streamed, never loaded whole; each line is matched to its
