@@ -73,3 +73,21 @@ def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
         assert open_work(sealed) == work
         assert _weigh_request(sealed) == _weigh_request(work)
         assert open_work(work) is work  # unsealed works pass as they are
+
+
+def test_a_submitted_batch_without_its_requests_loads_them_from_the_requests_file(tmp_path):
+    import datetime as dt
+
+    from transforms import lifecycle
+    from transforms.batch_api import SubmittedBatch
+    builder = RequestBuilder(task=TASK, run_id="r1")
+    recs = tuple(Record(f"id-{i}", "k", f"t{i}", {"n": i}) for i in range(3))
+    requests = [builder.single(recs[0]), builder.pack(recs)]
+    records = {r.record_id: r for r in recs}
+    path = lifecycle.requests_path(str(tmp_path), "key1")
+    lifecycle.write_requests(path, requests, records)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    light = SubmittedBatch("msgbatch_1", at, (), None, "key1", requests_path=path)
+    full = light.loaded()
+    assert full == SubmittedBatch("msgbatch_1", at, tuple(requests), records, "key1")
+    assert full.loaded() is full

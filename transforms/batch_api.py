@@ -69,6 +69,17 @@ class SubmittedBatch:
     requests: Tuple[Request, ...]
     records: Optional[Dict[str, Record]] = None
     ledger_key: Optional[str] = None
+    #: Set instead of `requests` and `records` when they are in the ledger's
+    #: requests file: the batch then crosses the Reshuffle as a few strings,
+    #: and its collector reads them back (as a `collect` job does).
+    requests_path: Optional[str] = None
+
+    def loaded(self) -> "SubmittedBatch":
+        """This batch with its requests (and packed records) in memory."""
+        if self.requests_path is None:
+            return self
+        requests, records = lifecycle.read_requests(self.requests_path)
+        return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
 
 
 #: A Work on its way to a batch: (bytes, tokens, the pickled Work).
@@ -191,6 +202,12 @@ class _CreateBatches(_ApiDoFn):
             self._created.inc()
             self._sent.inc(len(requests))
             _LOG.info("created batch %s with %d requests", batch_id, len(requests))
+        if key is not None and not reused:
+            # This job just wrote the requests file: the collector reads it back,
+            # so all of a run's requests are not held between create and collect.
+            yield SubmittedBatch(batch_id, submitted_at, (), None, key,
+                                 requests_path=lifecycle.requests_path(self._ledger_settings.path, key))
+            return
         yield SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
 
 
@@ -238,6 +255,7 @@ class _CollectBatches(_ApiDoFn):
 
     def process(self, submitted: SubmittedBatch) -> Iterator:
         carried: Dict[str, Dict[str, int]] = {}
+        submitted = submitted.loaded()
         while submitted is not None:
             reasks: List[List[str]] = []
             retries: List[Request] = []
