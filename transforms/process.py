@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
