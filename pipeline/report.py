@@ -175,16 +175,23 @@ def read_timeline(output_dir: str) -> Tuple[List[float], Optional[float]]:
             if "completed_at" not in names:
                 continue
             for batch in pf.iter_batches(columns=names):
-                cols = batch.to_pydict()
-                for v in cols["completed_at"]:
-                    t = _epoch(v)
-                    if t is not None:
-                        times.append(t)
-                for v in cols.get("submitted_at", ()):
-                    t = _epoch(v)
-                    if t is not None and (first is None or t < first):
-                        first = t
+                times.extend(_epochs(batch.column(names.index("completed_at"))))
+                if "submitted_at" in names:
+                    earliest = min(_epochs(batch.column(names.index("submitted_at"))), default=None)
+                    if earliest is not None and (first is None or earliest < first):
+                        first = earliest
     return times, first
+
+
+def _epochs(column: Any) -> List[float]:
+    """_epoch of every non-null value of an Arrow column; timestamp columns
+    (what the product writes) as integers, not one datetime per row."""
+    import pyarrow as pa
+    if pa.types.is_timestamp(column.type):
+        per_second = {"s": 1, "ms": 10 ** 3, "us": 10 ** 6, "ns": 10 ** 9}[column.type.unit]
+        # A naive timestamp is read as UTC by _epoch too; the division equals datetime.timestamp().
+        return [v / per_second for v in column.cast(pa.int64()).to_pylist() if v is not None]
+    return [t for t in (_epoch(v) for v in column.to_pylist()) if t is not None]
 
 
 def bucket_timeline(times: Sequence[Any], max_buckets: int = MAX_BUCKETS, start: Optional[float] = None

@@ -7,6 +7,7 @@ but batches are still running (collect again later); 130 aborted."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,11 @@ EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
+#: Allocations between young-generation collections while a job runs (Python's
+#: default is 700). A bounded run allocates millions of short-lived, acyclic
+#: objects (rows, requests, decoded elements) that reference counting frees;
+#: collecting every 700 of them cost about a tenth of the batch route's CPU.
+_GC_GEN0_THRESHOLD = 50_000
 #: Set once a streaming job was cancelled: main() must not wait for its threads.
 _STREAMING_THREADS_LEFT = threading.Event()
 
@@ -73,6 +79,20 @@ def _check_paths(job: Job, overwrite: bool) -> None:
 
 class _Aborted(Exception):
     """SIGTERM or Ctrl-C while the job ran."""
+
+
+@contextlib.contextmanager
+def _lighter_gc():
+    """While the job runs: the objects of start-up (modules, the graph) frozen
+    out of every collection, and fewer young-generation collections."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(_GC_GEN0_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -233,7 +253,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals(), ProgressLine():
+            with _abort_on_signals(), ProgressLine(), _lighter_gc():
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.

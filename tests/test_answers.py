@@ -255,3 +255,74 @@ def test_default_ladder_is_halves_then_singles_then_dead_letter():
 def test_public_names_exist():
     for name in answers.__all__:
         assert hasattr(answers, name), name
+
+
+# --- the compiled fast check ------------------------------------------------
+
+SENTIMENT = {
+    "type": "object", "additionalProperties": False, "required": ["sentiment", "score", "reason"],
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative", "mixed"], "description": "d"},
+        "score": {"type": "number", "minimum": -1, "maximum": 1},
+        "reason": {"type": "string", "maxLength": 20},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 2},
+        "n": {"type": ["integer", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 10},
+    },
+}
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-20, 20) | st.floats(-2, 12, allow_nan=False)
+    | st.sampled_from([1.0, 0.0, -1.0, 10.0]) | st.text(max_size=25)
+    | st.sampled_from(["positive", "neutral", "mixed", "negative", "", "x"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.sampled_from(["sentiment", "score", "reason", "tags", "n", "id", "other"]),
+                      children, max_size=6),
+    max_leaves=12)
+
+
+@FAST
+@given(_JSON_VALUES)
+def test_fast_check_agrees_with_jsonschema(instance):
+    """The fast check says valid exactly when jsonschema does (for this subset)."""
+    fast = answers.compile_fast_check(SENTIMENT)
+    assert fast is not None
+    assert fast(instance) == jsonschema.Draft202012Validator(SENTIMENT).is_valid(instance)
+
+
+@FAST
+@given(st.fixed_dictionaries({
+    "sentiment": st.sampled_from(["positive", "negative", "maybe", 3]),
+    "score": st.one_of(st.floats(-1.5, 1.5, allow_nan=False), st.integers(-2, 2), st.booleans()),
+    "reason": st.text(max_size=25)}, optional={"n": st.one_of(st.none(), st.integers(-1, 11), st.floats(0, 11)),
+                                               "other": st.just(1)}))
+def test_fast_check_agrees_on_answer_shaped_objects(instance):
+    fast = answers.compile_fast_check(SENTIMENT)
+    assert fast(instance) == jsonschema.Draft202012Validator(SENTIMENT).is_valid(instance)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"pattern": "^x"}}},
+    {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    {"$ref": "#/$defs/a", "$defs": {"a": {"type": "string"}}},
+    {"enum": [1, True]},
+    {"const": "x"},
+    {"type": "array", "items": [{"type": "string"}]},
+    {"$schema": "http://json-schema.org/draft-04/schema#", "type": "number", "exclusiveMinimum": True},
+    {"type": "object", "patternProperties": {"^a": {"type": "string"}}},
+])
+def test_fast_check_declines_schemas_outside_its_subset(schema):
+    assert answers.compile_fast_check(schema) is None
+
+
+def test_answers_outside_the_fast_subset_are_still_validated_by_jsonschema():
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+              "required": ["code"]}
+    assert parse_single_answer('{"code": "ABC"}', "end_turn", schema).ok
+    bad = parse_single_answer('{"code": "abc"}', "end_turn", schema)
+    assert bad.reason is R.SCHEMA_INVALID and "does not match" in bad.message
+
+
+def test_an_invalid_answer_still_gets_jsonschemas_message():
+    outcome = parse_single_answer('{"label": "maybe"}', "end_turn", LABEL)
+    assert outcome.reason is R.SCHEMA_INVALID
+    assert outcome.message.startswith("$.label: 'maybe' is not one of")

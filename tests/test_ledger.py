@@ -507,3 +507,25 @@ def test_find_batch_by_first_custom_id(anthropic_emu):
         assert [(m.batch_id, m.confirmed) for m in unknown] == [(running.id, None)]
     finally:
         anthropic_emu.configure(batch_delay_s=0)
+
+
+def test_requests_file_round_trips_requests_and_packed_records(tmp_path):
+    """The requests file written with orjson reads back equal, records' odd values included."""
+    import math
+
+    from transforms import lifecycle
+    from transforms.records import Record
+    from transforms.requests import Item, Request
+    items = (Item("a", "k", "f" * 64, 12, 0, ("fake_system",)), Item("b\u00e9", "k", "e" * 64, 3, 1))
+    req = Request("cid-1", "p" * 64, "k", items, "<item id=\"a\">h\u00e9llo</item>", True, 300, 500, 9000, 2)
+    records = {"a": Record("a", "k", "t\u00e9xt", {"n": float("nan"), "big": 2 ** 70, "when": None}, ("x",)),
+               "b\u00e9": Record("b\u00e9", "k", "t", {})}
+    path = str(tmp_path / "r.json.gz")
+    lifecycle.write_requests(path, [req], records)
+    got, got_records = lifecycle.read_requests(path)
+    assert got == [req]
+    assert set(got_records) == {"a", "b\u00e9"}
+    assert math.isnan(got_records["a"].attrs["n"]) and got_records["a"].attrs["big"] == 2 ** 70
+    assert got_records["a"].flags == ("x",) and got_records["b\u00e9"] == records["b\u00e9"]
+    lifecycle.write_requests(path, [req], None)
+    assert lifecycle.read_requests(path) == ([req], None)

@@ -228,3 +228,17 @@ def test_report_of_a_real_run_renders_in_chromium(small_run, tmp_path):
 
     if os.environ.get("REPORT_SCREENSHOT"):  # refresh docs/report.png from a test run
         shutil.copy(png, os.environ["REPORT_SCREENSHOT"])
+
+
+def test_timeline_epochs_of_a_timestamp_column_equal_datetime_timestamps():
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from pipeline.report import _epoch, _epochs
+    values = [dt.datetime(2026, 11, 25, 15, 44, 7, 123456, tzinfo=dt.timezone.utc), None,
+              dt.datetime(1999, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2030, 6, 1, 0, 0, 0, 1, tzinfo=dt.timezone.utc)]
+    for typ in (pa.timestamp("us", tz="UTC"), pa.timestamp("us"), pa.timestamp("ms", tz="UTC")):
+        column = pa.array([v if v is None or typ.tz else v and v.replace(tzinfo=None) for v in values], type=typ)
+        assert _epochs(column) == [_epoch(v) for v in column.to_pylist() if v is not None]
+    assert _epochs(pa.array(["2026-01-01T00:00:00Z", None])) == [_epoch("2026-01-01T00:00:00Z")]

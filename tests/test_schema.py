@@ -1,6 +1,8 @@
 import pyarrow as pa
 
-from transforms.schema import arrow_type, results_schema, to_arrow_value
+import pytest
+
+from transforms.schema import arrow_converter, arrow_type, results_schema, to_arrow_value
 
 SCHEMA = {"type": "object", "properties": {
     "sentiment": {"type": "string", "enum": ["positive", "negative"]},
@@ -33,3 +35,18 @@ def test_results_schema_has_output_only_with_a_schema():
     assert "output" not in results_schema(None).names
     for name in ("batch_id", "custom_id", "prompt_sha256", "input_sha256", "cost_usd", "run_id"):
         assert name in results_schema(None).names
+
+
+@pytest.mark.parametrize("value", [
+    {"sentiment": "positive", "score": 1, "n": 3, "tags": ["a", "b"], "free": {"k": 1, "a": [1]}, "maybe": "x"},
+    {"sentiment": "negative", "score": -0.5, "tags": [], "free": "already text"},
+    {},
+    None,
+])
+def test_compiled_converter_equals_to_arrow_value(value):
+    assert arrow_converter(SCHEMA)(value) == to_arrow_value(value, SCHEMA)
+
+
+def test_compiled_converter_is_built_once_per_schema():
+    assert arrow_converter(SCHEMA) is arrow_converter(SCHEMA)
+    assert arrow_converter(SCHEMA) is arrow_converter(dict(SCHEMA))  # equal schema, same converter

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import json
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -172,7 +172,7 @@ def parse_single_answer(
         answer = _load_json(text)
     except _Unusable as e:
         return SingleOutcome.failure(e.reason, e.message)
-    message = _schema_error(output_validator(output_schema), answer)
+    message = _schema_error(_checker(output_schema), answer)
     if message is not None:
         return SingleOutcome.failure(Reason.SCHEMA_INVALID, message)
     return SingleOutcome.success(answer)
@@ -203,7 +203,7 @@ def parse_pack_answer(
         return PackOutcome.failed(expected, e.reason, e.message)
 
     answers, invented, unattributed = _group_by_id(objects, _answer_id_lookup(expected))
-    validator = output_validator(item_schema(output_schema))
+    validator = _item_checker(output_schema)
     valid: Dict[str, Output] = {}
     invalid: Dict[str, Tuple[Reason, str]] = {}
     missing: List[str] = []
@@ -321,7 +321,7 @@ def _group_by_id(
 
 
 def _item_problem(
-    validator: Validator, obj: Dict[str, Any], output_schema: Optional[Mapping[str, Any]]
+    validator: "_Checker", obj: Dict[str, Any], output_schema: Optional[Mapping[str, Any]]
 ) -> Optional[Tuple[Reason, str]]:
     message = _schema_error(validator, obj)
     if message is not None:
@@ -362,12 +362,200 @@ def _compile(canonical_schema: str) -> Validator:
     return cls(schema)
 
 
-def _schema_error(validator: Validator, instance: Any) -> Optional[str]:
-    """The most relevant validation error, located and shortened; None if valid."""
-    error = best_match(validator.iter_errors(instance))
+def _schema_error(checker: "_Checker", instance: Any) -> Optional[str]:
+    """The most relevant validation error, located and shortened; None if valid.
+
+    The compiled fast check answers for valid instances (nearly all of them);
+    jsonschema decides, and words the error, for everything else.
+    """
+    if checker.fast is not None and checker.fast(instance):
+        return None
+    error = best_match(checker.validator.iter_errors(instance))
     if error is None:
         return None
     return _shorten(f"{error.json_path}: {error.message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checker:
+    """jsonschema's validator, and a compiled predicate for the common subset (or None)."""
+
+    validator: Validator
+    fast: Optional[Callable[[Any], bool]]
+
+
+#: schema object -> checker, by identity: a task's schema is one object for
+#: the whole run, and the canonical JSON of the lru_cache key costs more than
+#: validating an answer. The schema is kept referenced so its id stays its own.
+_BY_IDENTITY: Dict[int, Tuple[Any, "_Checker"]] = {}
+_ITEM_BY_IDENTITY: Dict[int, Tuple[Any, "_Checker"]] = {}
+
+
+def _checker(schema: Mapping[str, Any]) -> "_Checker":
+    hit = _BY_IDENTITY.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    checker = _compile_checker(canonical)
+    if len(_BY_IDENTITY) >= _VALIDATOR_CACHE_SIZE:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(schema)] = (schema, checker)
+    return checker
+
+
+def _item_checker(task_schema: Optional[Mapping[str, Any]]) -> "_Checker":
+    """The checker of one answer object in a pack (packing.item_schema, built once)."""
+    hit = _ITEM_BY_IDENTITY.get(id(task_schema))
+    if hit is not None and hit[0] is task_schema:
+        return hit[1]
+    checker = _checker(item_schema(task_schema))
+    if len(_ITEM_BY_IDENTITY) >= _VALIDATOR_CACHE_SIZE:
+        _ITEM_BY_IDENTITY.clear()
+    _ITEM_BY_IDENTITY[id(task_schema)] = (task_schema, checker)
+    return checker
+
+
+@functools.lru_cache(maxsize=_VALIDATOR_CACHE_SIZE)
+def _compile_checker(canonical_schema: str) -> "_Checker":
+    return _Checker(_compile(canonical_schema), compile_fast_check(json.loads(canonical_schema)))
+
+
+# ---------------------------------------------------------------------------
+# The fast check: a plain-Python predicate for the keywords answer schemas use
+#
+# jsonschema walks the schema for every instance (~45 us for a three-field
+# object); these closures cost a few microseconds. The contract is one-way:
+# True means jsonschema would accept the instance too; False means "ask
+# jsonschema" (which then decides, and words the error). A schema using any
+# keyword outside the subset gets no fast check at all.
+
+#: Keywords that never affect validity (formats are annotations in 2020-12,
+#: and our validators are built without a format checker).
+_ANNOTATION_KEYWORDS = frozenset({
+    "description", "title", "examples", "default", "$comment", "format", "deprecated",
+    "readOnly", "writeOnly", "contentMediaType", "contentEncoding"})
+_DRAFT_2020_12 = frozenset({"https://json-schema.org/draft/2020-12/schema",
+                            "https://json-schema.org/draft/2020-12/schema#"})
+_TYPE_TESTS: Dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    # 1.0 is an integer for JSON Schema draft 4 and later.
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)
+                          or isinstance(v, float) and v.is_integer()),
+}
+
+
+class _Unsupported(Exception):
+    """The schema uses something the fast check does not cover."""
+
+
+def compile_fast_check(schema: Any) -> Optional[Callable[[Any], bool]]:
+    """A predicate equal to "jsonschema says valid" where it says True, or None
+    when the schema uses a keyword outside the subset (type, enum of strings,
+    properties, required, additionalProperties, items, min/max, min/maxLength,
+    min/maxItems, annotations)."""
+    if isinstance(schema, Mapping) and "$schema" in schema:
+        if schema["$schema"] not in _DRAFT_2020_12:
+            return None
+        schema = {k: v for k, v in schema.items() if k != "$schema"}
+    try:
+        return _fast(schema)
+    except _Unsupported:
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fast(schema: Any) -> Callable[[Any], bool]:
+    if schema is True or schema == {}:
+        return lambda v: True
+    if not isinstance(schema, Mapping):
+        raise _Unsupported(schema)
+    checks: List[Callable[[Any], bool]] = []
+    for key, arg in schema.items():
+        if key in _ANNOTATION_KEYWORDS or key in ("properties", "additionalProperties"):
+            continue  # objects are compiled together below
+        checks.append(_keyword(key, arg))
+    if "properties" in schema or "additionalProperties" in schema:
+        checks.append(_object_check(schema.get("properties", {}), schema.get("additionalProperties", True)))
+    if len(checks) == 1:
+        return checks[0]
+    checks_t = tuple(checks)
+    return lambda v: all(check(v) for check in checks_t)
+
+
+def _keyword(key: str, arg: Any) -> Callable[[Any], bool]:
+    if key == "type":
+        names = [arg] if isinstance(arg, str) else arg
+        if not isinstance(names, list) or not names or any(n not in _TYPE_TESTS for n in names):
+            raise _Unsupported(key)
+        tests = tuple(_TYPE_TESTS[n] for n in names)
+        if len(tests) == 1:
+            return tests[0]
+        return lambda v: any(t(v) for t in tests)
+    if key == "enum":
+        # Strings only: equality of numbers and booleans has JSON-specific rules.
+        if not isinstance(arg, list) or not arg or not all(isinstance(x, str) for x in arg):
+            raise _Unsupported(key)
+        allowed = frozenset(arg)
+        return lambda v: isinstance(v, str) and v in allowed
+    if key == "required":
+        if not isinstance(arg, list) or not all(isinstance(x, str) for x in arg):
+            raise _Unsupported(key)
+        names = tuple(arg)
+        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+    if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if not _is_number(arg):
+            raise _Unsupported(key)
+        compare = {"minimum": lambda v: v >= arg, "maximum": lambda v: v <= arg,
+                   "exclusiveMinimum": lambda v: v > arg, "exclusiveMaximum": lambda v: v < arg}[key]
+        return lambda v: not _is_number(v) or compare(v)
+    if key in ("minLength", "maxLength", "minItems", "maxItems"):
+        if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
+            raise _Unsupported(key)
+        kind = str if key.endswith("Length") else list
+        if key.startswith("min"):
+            return lambda v: not isinstance(v, kind) or len(v) >= arg
+        return lambda v: not isinstance(v, kind) or len(v) <= arg
+    if key == "items":
+        if not isinstance(arg, Mapping) and arg is not True:
+            raise _Unsupported(key)  # a list is prefixItems' old spelling
+        each = _fast(arg)
+        return lambda v: not isinstance(v, list) or all(each(x) for x in v)
+    raise _Unsupported(key)
+
+
+def _object_check(properties: Any, additional: Any) -> Callable[[Any], bool]:
+    if not isinstance(properties, Mapping):
+        raise _Unsupported("properties")
+    subs = {name: _fast(sub) for name, sub in properties.items()}
+    if additional is True:
+        rest = None
+    elif additional is False:
+        rest = False
+    elif isinstance(additional, Mapping):
+        rest = _fast(additional)
+    else:
+        raise _Unsupported("additionalProperties")
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for name, item in value.items():
+            sub = subs.get(name)
+            if sub is not None:
+                if not sub(item):
+                    return False
+            elif rest is False or (rest is not None and not rest(item)):
+                return False
+        return True
+    return check
 
 
 def _shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:

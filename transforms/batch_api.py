@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
+import pickle
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -17,14 +17,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import lifecycle, progress
+from transforms import fastjson, lifecycle, progress
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
 
-__all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch"]
+__all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
 
 _LOG = logging.getLogger(__name__)
 DEAD = "dead_letter"
@@ -69,6 +69,41 @@ class SubmittedBatch:
     requests: Tuple[Request, ...]
     records: Optional[Dict[str, Record]] = None
     ledger_key: Optional[str] = None
+    #: Set instead of `requests` and `records` when they are in the ledger's
+    #: requests file: the batch then crosses the Reshuffle as a few strings,
+    #: and its collector reads them back (as a `collect` job does).
+    requests_path: Optional[str] = None
+
+    def loaded(self) -> "SubmittedBatch":
+        """This batch with its requests (and packed records) in memory."""
+        if self.requests_path is None:
+            return self
+        requests, records = lifecycle.read_requests(self.requests_path)
+        return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
+
+
+#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
+Sealed = Tuple[int, int, bytes]
+
+
+def seal_work(work: Any) -> Sealed:
+    """A Work as its weight and one pickle.
+
+    Between building a request and creating its batch, a Work crosses a
+    shuffle and sits in the batcher's state: as a dataclass it was pickled
+    twice and unpickled twice on the way, and the state cache walked every
+    object of it to weigh the bag. As (int, int, bytes) it is pickled once
+    here, opened once in _CreateBatches, and Beam's coders only copy bytes.
+    """
+    request = work[0] if isinstance(work, tuple) else work
+    return request.size_bytes, request.input_tokens, pickle.dumps(work, pickle.HIGHEST_PROTOCOL)
+
+
+def open_work(work: Any) -> Any:
+    """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
+    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
+        return pickle.loads(work[2])
+    return work
 
 
 class _ApiDoFn(beam.DoFn):
@@ -91,15 +126,17 @@ class _ApiDoFn(beam.DoFn):
     def _create_batch(self, builder: RequestBuilder, requests: Sequence[Request],
                       records: Optional[Dict[str, Record]]) -> Tuple[str, bool, Optional[str]]:
         """(batch_id, reused, ledger key): through the ledger when there is one."""
-        body = builder.batch_body(requests)
+        body = builder.batch_body_stream(requests)
 
         def create():
             # The SDK's own client (auth, base URL, errors) with a pre-encoded
             # body: messages.batches.create would deep-copy and re-encode the
             # same instructions once per request (see RequestBuilder.batch_body).
+            # Streamed with its length, so the whole body is never in memory.
             from anthropic.types.messages import MessageBatch
-            return self._call(self._client.post, "/v1/messages/batches", cast_to=MessageBatch,
-                              content=body, options={"headers": {"content-type": "application/json"}})
+            return self._call(self._client.post, "/v1/messages/batches", cast_to=MessageBatch, content=body,
+                              options={"headers": {"content-type": "application/json",
+                                                   "content-length": str(body.size)}})
         if self._ledger is None:
             return create().id, False, None
         return lifecycle.submit_once(
@@ -130,7 +167,7 @@ class _CreateBatches(_ApiDoFn):
         self._sent = Metrics.counter("claude", "batch_requests_sent")
 
     def process(self, element: Tuple[Any, List[Any]]) -> Iterator:
-        _, works = element
+        works = [open_work(w) for w in element[1]]
         requests = [w[0] if isinstance(w, tuple) else w for w in works]
         records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
         submitted_at = now()
@@ -165,6 +202,12 @@ class _CreateBatches(_ApiDoFn):
             self._created.inc()
             self._sent.inc(len(requests))
             _LOG.info("created batch %s with %d requests", batch_id, len(requests))
+        if key is not None and not reused:
+            # This job just wrote the requests file: the collector reads it back,
+            # so all of a run's requests are not held between create and collect.
+            yield SubmittedBatch(batch_id, submitted_at, (), None, key,
+                                 requests_path=lifecycle.requests_path(self._ledger_settings.path, key))
+            return
         yield SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
 
 
@@ -212,6 +255,7 @@ class _CollectBatches(_ApiDoFn):
 
     def process(self, submitted: SubmittedBatch) -> Iterator:
         carried: Dict[str, Dict[str, int]] = {}
+        submitted = submitted.loaded()
         while submitted is not None:
             reasks: List[List[str]] = []
             retries: List[Request] = []
@@ -290,7 +334,7 @@ class _CollectBatches(_ApiDoFn):
         with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
             for line in response.iter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield fastjson.loads(line)
 
     def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
                  retries: List[Request]) -> Iterator:
@@ -380,6 +424,9 @@ class _CollectBatches(_ApiDoFn):
 
 class SubmitBatches(beam.PTransform):
     """PCollection[(key, [Work])] -> {'results': rows, 'dead_letter': DeadLetters}.
+
+    A Work may be sealed (seal_work): the batch route seals them after
+    building the requests.
 
     One Message Batch per input element (the batcher bounds its size); the
     results file is streamed, never loaded whole; each line is matched to its

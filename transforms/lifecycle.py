@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import fastjson
 from transforms import ledger as ledger_mod
 from transforms.records import Record
 from transforms.requests import Item, Request, RequestBuilder
@@ -77,17 +78,20 @@ def _request_from_json(d: Dict[str, Any]) -> Request:
 
 def write_requests(path: str, requests: Sequence[Request], records: Optional[Dict[str, Record]]) -> None:
     """The requests of one submission (and packed records), gzipped JSON."""
-    body = {"requests": [_request_to_json(r) for r in requests],
-            "records": [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()]
-            if records else None}
+    # Requests hold only strings, ints and booleans: orjson writes them as
+    # json would. Records' attrs may hold anything (floats, NaN, dates), so
+    # they keep json's exact form.
+    encoded = fastjson.dumps_bytes([_request_to_json(r) for r in requests], default=str)
+    kept = (json.dumps([{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()],
+                       ensure_ascii=False, default=str).encode("utf-8") if records else b"null")
     with FileSystems.create(path) as f:
         # Level 1: these files are written on the hot path and read once.
-        f.write(gzip.compress(json.dumps(body, ensure_ascii=False, default=str).encode("utf-8"), 1))
+        f.write(gzip.compress(b'{"requests":' + encoded + b',"records":' + kept + b"}", 1))
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
     with FileSystems.open(path) as f:
-        body = json.loads(gzip.decompress(f.read()).decode("utf-8"))
+        body = fastjson.loads(gzip.decompress(f.read()))
     requests = [_request_from_json(d) for d in body["requests"]]
     records = None
     if body.get("records"):

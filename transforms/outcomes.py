@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections import abc
 from typing import Any, Dict, List, Mapping, Optional
 
 from transforms import answers
@@ -15,7 +16,7 @@ from transforms.costs import PriceTable
 from transforms.normalize import display_pack_key
 from transforms.records import DeadLetter, Reason, Stage
 from transforms.requests import Item, Request
-from transforms.schema import to_arrow_value
+from transforms.schema import arrow_converter
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
@@ -54,25 +55,25 @@ def now() -> dt.datetime:
 
 def message_text(message: Any) -> str:
     """Concatenated text blocks of an SDK Message (or its dict form)."""
-    content = message["content"] if isinstance(message, Mapping) else message.content
+    content = message["content"] if isinstance(message, abc.Mapping) else message.content
     parts = []
     for block in content or ():
-        kind = block["type"] if isinstance(block, Mapping) else block.type
+        kind = block["type"] if isinstance(block, abc.Mapping) else block.type
         if kind == "text":
-            parts.append(block["text"] if isinstance(block, Mapping) else block.text)
+            parts.append(block["text"] if isinstance(block, abc.Mapping) else block.text)
     return "".join(parts)
 
 
 def usage_of(message: Any) -> Dict[str, Any]:
-    usage = message["usage"] if isinstance(message, Mapping) else message.usage
-    get = usage.get if isinstance(usage, Mapping) else (lambda k, d=None: getattr(usage, k, d))
+    usage = message["usage"] if isinstance(message, abc.Mapping) else message.usage
+    get = usage.get if isinstance(usage, abc.Mapping) else (lambda k, d=None: getattr(usage, k, d))
     out: Dict[str, Any] = {k: int(get(k, 0) or 0) for k in USAGE_KEYS}
     out["service_tier"] = get("service_tier", None)
     return out
 
 
 def _attr(message: Any, name: str) -> Any:
-    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
+    return message.get(name) if isinstance(message, abc.Mapping) else getattr(message, name, None)
 
 
 def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, message: Any,
@@ -108,7 +109,7 @@ def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, messag
     for key in USAGE_KEYS:
         row[key] = int(usage.get(key) or 0)
     if ctx.output_schema:
-        row["output"] = to_arrow_value(output, ctx.output_schema)
+        row["output"] = arrow_converter(ctx.output_schema)(output)
     return row
 
 
@@ -159,7 +160,11 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
     """
     carried = carried or {}
     usage = usage_of(message)
-    shares = share_usage(usage, [max(1, i.tokens) for i in request.items])
+    if len(request.items) == 1:
+        # One item gets the whole usage: what share_usage returns, without the arithmetic.
+        shares = [{k: usage[k] for k in USAGE_KEYS}]
+    else:
+        shares = share_usage(usage, [max(1, i.tokens) for i in request.items])
     spent = {i.record_id: add_usage(s, carried.get(i.record_id)) for i, s in zip(request.items, shares)}
     for spent_usage in spent.values():
         spent_usage["service_tier"] = usage.get("service_tier")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from transforms import packing
-from transforms.batch_api import PollSettings, SubmitBatches
+from transforms.batch_api import PollSettings, SubmitBatches, seal_work
 from transforms.batching import BatchBounds, BatchByWeight
 from transforms.client import ApiSettings, RetryPolicy
 from transforms.lifecycle import LedgerSettings
@@ -141,6 +141,8 @@ def _request_of(work) -> Request:
 
 
 def _weigh_request(work):
+    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
+        return work[0], work[1]  # sealed: (bytes, tokens, pickled work)
     request = _request_of(work)
     return request.size_bytes, request.input_tokens
 
@@ -203,8 +205,9 @@ def _via_batches(works, s: ProcessSettings, ctx: RowContext):
     shards = s.batch_shards
     return (works
             | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
-            | "Key by shard" >> beam.Map(lambda w: (shard_of(_request_of(w), shards), w)).with_output_types(
-                Tuple[int, Any])
+            | "Key by shard" >> beam.Map(
+                lambda w: (shard_of(_request_of(w), shards), seal_work(w))).with_output_types(
+                Tuple[int, Tuple[int, int, bytes]])
             | "Batch requests" >> BatchByWeight(s.batch_bounds, _weigh_request)
             | "Submit batches" >> SubmitBatches(s.api, s.builder, ctx, s.poll, s.retry,
                                                 max_reasks=s.messages.max_reasks, ledger=s.ledger,

@@ -55,6 +55,36 @@ class Request:
         return [i.record_id for i in self.items]
 
 
+class BatchBody:
+    """A request body as a re-iterable of chunks, with its exact length.
+
+    Passed as `content` with a Content-Length header, it is sent as one
+    ordinary body (no chunked encoding), a chunk at a time; re-iterable, so
+    a retried create sends it again.
+    """
+
+    #: Bytes per chunk handed to the socket: few writes, little memory.
+    CHUNK_BYTES = 1 << 20
+
+    def __init__(self, parts: List[bytes]):
+        self._parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __iter__(self):
+        chunk, size = [], 0
+        for part in self._parts:
+            chunk.append(part)
+            size += len(part)
+            if size >= self.CHUNK_BYTES:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+        if chunk:
+            yield b"".join(chunk)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._parts)
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -108,12 +138,19 @@ class RequestBuilder:
         return params
 
     def batch_body(self, requests: Sequence[Request]) -> bytes:
-        """The JSON body of a Message Batches create call, as bytes.
+        """The JSON body of a Message Batches create call, as bytes (see batch_body_stream)."""
+        return bytes(self.batch_body_stream(requests))
+
+    def batch_body_stream(self, requests: Sequence[Request]) -> "BatchBody":
+        """The JSON body of a Message Batches create call, sent in chunks.
 
         Equal to json.dumps({"requests": [{"custom_id", "params": params(r)}]})
         but built from a once-encoded shared part (system prompt, schema,
         model): a 100,000-request batch would otherwise re-encode the same
         instructions 100,000 times, and the SDK would deep-copy them first.
+        The parts reference that shared part instead of copying it, so the
+        whole body (up to 256 MB, nearly all repeated instructions) never
+        exists in memory at once.
         """
         shared = {}
         parts = [b'{"requests":[']
@@ -123,14 +160,12 @@ class RequestBuilder:
                 params = self.params(dataclasses.replace(request, user_text="", max_tokens=1))
                 del params["messages"], params["max_tokens"]
                 head = shared[request.packed] = json.dumps(params, separators=(",", ":"))[1:-1].encode()
-            if n:
-                parts.append(b",")
-            parts += [b'{"custom_id":', json.dumps(request.custom_id).encode(), b',"params":{', head,
-                      b',"max_tokens":', str(request.max_tokens).encode(),
+            parts += [b',{"custom_id":' if n else b'{"custom_id":', json.dumps(request.custom_id).encode(),
+                      b',"params":{', head, b',"max_tokens":', str(request.max_tokens).encode(),
                       b',"messages":[{"role":"user","content":', json.dumps(request.user_text).encode(),
                       b"}]}}"]
         parts.append(b"]}")
-        return b"".join(parts)
+        return BatchBody(parts)
 
     def _shared_size(self, packed: bool) -> Tuple[int, int]:
         """(bytes, tokens) of a request minus its user text; computed per call

@@ -4,8 +4,9 @@ A fixed schema (not one inferred from the first rows) keeps every file of a
 run, and every run, readable as one dataset."""
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import pyarrow as pa
 
@@ -109,6 +110,52 @@ def to_arrow_value(value: Any, schema: Mapping[str, Any]) -> Any:
     if pa.types.is_string(typ) and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     return value
+
+
+#: schema object -> converter, by identity (see arrow_converter).
+_CONVERTERS: Dict[int, Any] = {}
+#: Distinct output schemas converted per process: one per task, a few more in tests.
+_CONVERTER_CACHE_SIZE = 32
+
+
+def arrow_converter(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """to_arrow_value(., schema) as a function compiled once per schema.
+
+    to_arrow_value re-derives the Arrow type of every sub-schema on every
+    call; a result row needs the conversion once per record. Cached by the
+    schema object's identity (a task's schema is one object for the run),
+    then by its canonical JSON.
+    """
+    hit = _CONVERTERS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    convert = _converter_for(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    if len(_CONVERTERS) >= _CONVERTER_CACHE_SIZE:
+        _CONVERTERS.clear()
+    _CONVERTERS[id(schema)] = (schema, convert)
+    return convert
+
+
+@functools.lru_cache(maxsize=_CONVERTER_CACHE_SIZE)
+def _converter_for(canonical: str) -> Callable[[Any], Any]:
+    return _compile_converter(json.loads(canonical))
+
+
+def _compile_converter(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """The same cases, in the same order, as to_arrow_value."""
+    typ = arrow_type(schema)
+    if pa.types.is_struct(typ):
+        fields = tuple((name, _compile_converter(sub)) for name, sub in schema["properties"].items())
+        return lambda v: None if v is None else {name: conv(v.get(name)) for name, conv in fields}
+    if pa.types.is_list(typ):
+        each = _compile_converter(schema["items"])
+        return lambda v: None if v is None else [each(x) for x in v]
+    if pa.types.is_floating(typ):
+        return lambda v: None if v is None else float(v)
+    if pa.types.is_string(typ):
+        return lambda v: (v if v is None or isinstance(v, str)
+                          else json.dumps(v, ensure_ascii=False, sort_keys=True))
+    return lambda v: v
 
 
 def results_schema(output_schema: Optional[Mapping[str, Any]]) -> pa.Schema:

@@ -1,0 +1,41 @@
+"""orjson on the hot paths of the batch route, with the standard library's
+exact behaviour wherever orjson would differ.
+
+Used where the product reads or writes JSON once per record (the batch
+results file, the ledger's requests file). orjson is several times faster;
+where it refuses something the standard library accepts (NaN, integers over
+64 bits, lone surrogates, non-string keys), these helpers fall back to `json`
+so the result (or the error) is what it was before.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is pinned in requirements.txt
+    _orjson = None
+
+__all__ = ["loads", "dumps_bytes"]
+
+
+def loads(data: bytes | str) -> Any:
+    """json.loads(data), faster."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass  # let json accept what it accepts, or raise its own error
+    return json.loads(data)
+
+
+def dumps_bytes(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:
+    """Compact JSON, non-ASCII kept, as UTF-8 bytes: equal in meaning to
+    json.dumps(value, ensure_ascii=False, default=default).encode()."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(value, default=default)
+        except TypeError:
+            pass  # e.g. an int over 64 bits, a non-str key: the standard library decides
+    return json.dumps(value, ensure_ascii=False, default=default, separators=(",", ":")).encode("utf-8")
