@@ -109,7 +109,9 @@ class Pipeline:
         if args.mode in ("batch", "packed-batch"):
             self.cmd += ["--poll-interval-s", "0.1", "--poll-max-interval-s", "0.5"]
         self.cmd += list(args.pipeline_arg)
-        self.env = dict(os.environ, PUBSUB_EMULATOR_HOST=host, ANTHROPIC_API_KEY="bench", PYTHONPATH=_ROOT)
+        self.env = dict(os.environ, PUBSUB_EMULATOR_HOST=host, ANTHROPIC_API_KEY="bench",
+                        # keep a caller's PYTHONPATH after ours (e.g. a measuring sitecustomize)
+                        PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
         self.proc: Optional[subprocess.Popen] = None
         self.started = 0.0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -10,14 +11,37 @@ from apache_beam.pvalue import TaggedOutput
 
 from apache_beam.coders import coders
 from apache_beam.transforms import window
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import SetStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Duration
 
 from transforms.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
 from transforms.records import DeadLetter, Reason, Stage
 
-__all__ = ["ReadPubSubRecords"]
+__all__ = ["DropRepeatedIds", "ReadPubSubRecords", "dedupe_bucket"]
 
 DEAD = "dead_letter"
+
+#: Keys of the dedupe state: ids are hashed into this many buckets, so the set
+#: of keys stays fixed however many ids arrive (the DirectRunner keeps an
+#: object per key ever seen, for the life of the job), while a runner that
+#: spreads keys over workers (Dataflow) still has 256 to spread.
+DEDUPE_BUCKETS = 256
+#: Seconds a window's dedupe state outlives the window. Equal to the
+#: windowing's allowed lateness (Beam's default, 0, as in ReadPubSubRecords):
+#: keeping it longer would only guard records that Beam already treats as late.
+DEDUPE_ALLOWED_LATENESS_S = 0
+
+
+def dedupe_bucket(record_id: str, buckets: int = DEDUPE_BUCKETS) -> int:
+    """The dedupe key of an id: stable across processes and runs (crc32, not
+    the salted hash()), so every copy of an id meets the same state."""
+    return zlib.crc32(record_id.encode("utf-8", "surrogatepass")) % buckets
+
+
+def expiry_time(window_end, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
+    """When a window's dedupe state is dropped: its end plus the allowed lateness."""
+    return window_end + Duration.of(allowed_lateness_s)
 
 
 class _ParseMessage(beam.DoFn):
@@ -72,30 +96,62 @@ class ReadPubSubRecords(beam.PTransform):
                     | "Window" >> beam.WindowInto(window.FixedWindows(self._window_secs)))
         parsed = messages | "Parse messages" >> beam.ParDo(
             _ParseMessage(self._fields, self._id_attribute)).with_outputs(DEAD, main="records")
-        unique = (parsed.records
-                  | "Key by id" >> beam.Map(lambda r: (r.record_id, r))
-                  | "Drop repeated ids" >> beam.ParDo(_FirstInWindow()).with_outputs(DEAD, main="records"))
-        dead = (parsed[DEAD], unique[DEAD]) | "Merge source dead letters" >> beam.Flatten()
-        return {"records": unique.records, "dead_letter": dead}
+        unique = parsed.records | "Drop repeated ids" >> DropRepeatedIds()
+        dead = (parsed[DEAD], unique["dead_letter"]) | "Merge source dead letters" >> beam.Flatten()
+        return {"records": unique["records"], "dead_letter": dead}
+
+
+class DropRepeatedIds(beam.PTransform):
+    """Windowed Records -> {'records': the first of each id per window,
+    'dead_letter': later copies as duplicate_id}, with bounded state."""
+
+    def __init__(self, buckets: int = DEDUPE_BUCKETS, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
+        super().__init__()
+        self._buckets = buckets
+        self._lateness = allowed_lateness_s
+
+    def expand(self, records):
+        buckets = self._buckets
+        out = (records
+               | "Key by id bucket" >> beam.Map(lambda r: (dedupe_bucket(r.record_id, buckets), r))
+               | "First per window" >> beam.ParDo(_FirstInWindow(self._lateness)).with_outputs(
+                   DEAD, main="records"))
+        return {"records": out.records, "dead_letter": out[DEAD]}
 
 
 class _FirstInWindow(beam.DoFn):
     """The first record of each id in a window; later ones are duplicate_id dead
-    letters. State is per (id, window), so Beam frees it when the window expires."""
+    letters.
 
-    SEEN = ReadModifyWriteStateSpec("seen", coders.BooleanCoder())
+    Input is keyed by dedupe_bucket(id), and the state is the set of ids seen
+    per (bucket, window). An event-time timer at the window's end (plus the
+    allowed lateness) clears it, so state is bounded by the ids of the windows
+    still open, whatever the input rate or run length. (Runners free per-window
+    state at expiry anyway; the DirectRunner does not, and keeps every key.)"""
 
-    def process(self, element, seen=beam.DoFn.StateParam(SEEN)) -> Iterator:
-        record_id, record = element
-        if seen.read():
+    SEEN = SetStateSpec("seen", coders.StrUtf8Coder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+
+    def __init__(self, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
+        self._lateness = allowed_lateness_s
+
+    def process(self, element, window=beam.DoFn.WindowParam, seen=beam.DoFn.StateParam(SEEN),
+                expiry=beam.DoFn.TimerParam(EXPIRY)) -> Iterator:
+        _, record = element
+        if record.record_id in seen.read():
             yield TaggedOutput(DEAD, DeadLetter(
-                record_id=record_id, pack_key=record.pack_key, stage=Stage.DEDUPE.value,
+                record_id=record.record_id, pack_key=record.pack_key, stage=Stage.DEDUPE.value,
                 error_type=Reason.DUPLICATE_ID.value,
                 error_message="id already received in this window; first one wins",
                 raw=raw_to_text({"text": record.text, **record.attrs})))
             return
-        seen.write(True)
+        seen.add(record.record_id)
+        expiry.set(expiry_time(window.end, self._lateness))
         yield record
+
+    @on_timer(EXPIRY)
+    def expire(self, seen=beam.DoFn.StateParam(SEEN)):
+        seen.clear()
 
 
 def to_json_bytes(row) -> bytes:
