@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -113,7 +113,9 @@ class DropRepeatedIds(beam.PTransform):
     def expand(self, records):
         buckets = self._buckets
         out = (records
-               | "Key by id bucket" >> beam.Map(lambda r: (dedupe_bucket(r.record_id, buckets), r))
+               # Typed so the state's key coder is a deterministic int coder.
+               | "Key by id bucket" >> beam.Map(lambda r: (dedupe_bucket(r.record_id, buckets), r)
+                                                ).with_output_types(Tuple[int, Any])
                | "First per window" >> beam.ParDo(_FirstInWindow(self._lateness)).with_outputs(
                    DEAD, main="records"))
         return {"records": out.records, "dead_letter": out[DEAD]}
