@@ -1,6 +1,7 @@
 """The streaming dedupe (DropRepeatedIds) under TestStream: first copy of an id
-per window wins, later copies are duplicate_id dead letters, and the state of a
-window is dropped by its expiry timer (so state stays bounded on a long run)."""
+per window wins, later copies are duplicate_id dead letters, and the ids of a
+(bucket, window) are dropped by a processing-time timer once none has arrived
+for a window length plus the grace (so state stays bounded on a long run)."""
 from __future__ import annotations
 
 import apache_beam as beam
@@ -12,6 +13,13 @@ from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.pubsub_source import DEDUPE_BUCKETS, DropRepeatedIds, dedupe_bucket, expiry_time
+
+GRACE_S = 30  # the tests' idle grace; windows are 10 s, so ids expire 40 s after the last one
+
+
+def _zero_clock():
+    # TestStream's processing clock starts at 0 (Beam fact: not the wall clock)
+    return Timestamp(0)
 from transforms.records import Record
 
 
@@ -35,7 +43,7 @@ def _run(stream, expected_kept, expected_dupes, buckets=DEDUPE_BUCKETS):
     with TestPipeline(options=options) as p:
         out = (p | stream
                | beam.WindowInto(window.FixedWindows(10))
-               | DropRepeatedIds(buckets=buckets))
+               | DropRepeatedIds(buckets=buckets, idle_grace_s=GRACE_S, clock=_zero_clock))
         kept = out["records"] | "kept" >> beam.Map(lambda r: (r.record_id, r.text))
         dead = out["dead_letter"] | "dead" >> beam.Map(lambda d: (d.record_id, d.error_type, d.stage))
         assert_that(kept, equal_to(expected_kept), label="kept ok")
@@ -59,28 +67,38 @@ def test_ids_sharing_a_bucket_are_told_apart():
     _run(stream, [("x", "t"), ("y", "t"), ("z", "t")], ["x", "y"], buckets=1)
 
 
-def test_state_is_dropped_when_the_window_expires():
-    # "a" of [0, 10) is seen; the watermark passes the window's end, so the
-    # expiry timer clears the window's ids. A late copy of "a" for that same
-    # window then finds no state and is kept. Without the timer the state
-    # would live on (and the late copy would be dead-lettered): this is what
-    # keeps the state bounded on a long run.
+def test_ids_are_dropped_after_the_idle_expiry():
+    # "a" is seen at processing time 0: its ids expire at 0 + 10 s window + 30 s
+    # grace. After that a copy of "a" in the same window finds no state and is
+    # kept. Without the timer the ids would live forever (the copy would be
+    # dead-lettered): this is what keeps the state bounded on a long run.
     stream = (TestStream().advance_watermark_to(0)
-              .add_elements([_at("a", 1, "on time")])
+              .add_elements([_at("a", 1, "first")])
+              .advance_processing_time(41)
+              .add_elements([_at("a", 2, "after expiry")])
+              .advance_watermark_to_infinity())
+    _run(stream, [("a", "first"), ("a", "after expiry")], [])
+
+
+def test_before_the_idle_expiry_a_copy_is_still_a_duplicate():
+    stream = (TestStream().advance_watermark_to(0)
+              .add_elements([_at("a", 1, "first")])
+              .advance_processing_time(39)
+              .add_elements([_at("a", 2, "copy")])
+              .advance_watermark_to_infinity())
+    _run(stream, [("a", "first")], ["a"])
+
+
+def test_a_late_copy_is_still_a_duplicate_when_the_window_already_ended():
+    # The DirectRunner's Pub/Sub watermark is the wall clock: under a backlog
+    # every record is late. An event-time expiry would have dropped "a" when
+    # the watermark passed 10, and let its copy through.
+    stream = (TestStream().advance_watermark_to(0)
+              .add_elements([_at("a", 1, "first")])
               .advance_watermark_to(25)
               .add_elements([_at("a", 2, "late copy")])
               .advance_watermark_to_infinity())
-    _run(stream, [("a", "on time"), ("a", "late copy")], [])
-
-
-def test_before_expiry_a_copy_is_still_a_duplicate():
-    # Same as above but the watermark stops short of the window's end.
-    stream = (TestStream().advance_watermark_to(0)
-              .add_elements([_at("a", 1, "on time")])
-              .advance_watermark_to(9)
-              .add_elements([_at("a", 2, "copy")])
-              .advance_watermark_to_infinity())
-    _run(stream, [("a", "on time")], ["a"])
+    _run(stream, [("a", "first")], ["a"])
 
 
 def test_dedupe_bucket_is_stable_and_in_range():
@@ -91,6 +109,7 @@ def test_dedupe_bucket_is_stable_and_in_range():
     assert dedupe_bucket("naïve \udcff") in range(DEDUPE_BUCKETS)  # odd text still hashes
 
 
-def test_expiry_time_is_the_window_end_plus_lateness():
-    assert expiry_time(Timestamp(10)) == Timestamp(10)
-    assert expiry_time(Timestamp(10), 5) == Timestamp(15)
+def test_expiry_time_is_now_plus_the_window_length_plus_the_grace():
+    w = window.IntervalWindow(Timestamp(20), Timestamp(30))
+    assert expiry_time(Timestamp(100), w, 60) == Timestamp(170)
+    assert expiry_time(Timestamp(100), w, 0) == Timestamp(110)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -13,7 +13,7 @@ from apache_beam.coders import coders
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import SetStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
 from transforms.records import DeadLetter, Reason, Stage
@@ -27,10 +27,13 @@ DEAD = "dead_letter"
 #: object per key ever seen, for the life of the job), while a runner that
 #: spreads keys over workers (Dataflow) still has 256 to spread.
 DEDUPE_BUCKETS = 256
-#: Seconds a window's dedupe state outlives the window. Equal to the
-#: windowing's allowed lateness (Beam's default, 0, as in ReadPubSubRecords):
-#: keeping it longer would only guard records that Beam already treats as late.
-DEDUPE_ALLOWED_LATENESS_S = 0
+#: Processing-time seconds the ids of a (bucket, window) are kept after the
+#: last of them arrived, on top of one window length. Processing time, not the
+#: watermark: the DirectRunner's Pub/Sub watermark is the wall clock, so under a
+#: backlog every window has already "ended" when its records arrive, and an
+#: event-time expiry would forget an id before its copy (pulled a moment later)
+#: is seen. A minute covers a copy published or pulled right after the first.
+DEDUPE_IDLE_GRACE_S = 60
 
 
 def dedupe_bucket(record_id: str, buckets: int = DEDUPE_BUCKETS) -> int:
@@ -39,9 +42,10 @@ def dedupe_bucket(record_id: str, buckets: int = DEDUPE_BUCKETS) -> int:
     return zlib.crc32(record_id.encode("utf-8", "surrogatepass")) % buckets
 
 
-def expiry_time(window_end, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
-    """When a window's dedupe state is dropped: its end plus the allowed lateness."""
-    return window_end + Duration.of(allowed_lateness_s)
+def expiry_time(now: Timestamp, window, grace_s: float = DEDUPE_IDLE_GRACE_S) -> Timestamp:
+    """When the ids of a (bucket, window) are dropped if no other id arrives:
+    now (processing time) + the window's length + the grace."""
+    return now + (window.end - window.start) + Duration.of(grace_s)
 
 
 class _ParseMessage(beam.DoFn):
@@ -105,10 +109,12 @@ class DropRepeatedIds(beam.PTransform):
     """Windowed Records -> {'records': the first of each id per window,
     'dead_letter': later copies as duplicate_id}, with bounded state."""
 
-    def __init__(self, buckets: int = DEDUPE_BUCKETS, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
+    def __init__(self, buckets: int = DEDUPE_BUCKETS, idle_grace_s: float = DEDUPE_IDLE_GRACE_S,
+                 clock: Callable[[], Timestamp] = Timestamp.now):
         super().__init__()
         self._buckets = buckets
-        self._lateness = allowed_lateness_s
+        self._grace = idle_grace_s
+        self._clock = clock
 
     def expand(self, records):
         buckets = self._buckets
@@ -116,7 +122,7 @@ class DropRepeatedIds(beam.PTransform):
                # Typed so the state's key coder is a deterministic int coder.
                | "Key by id bucket" >> beam.Map(lambda r: (dedupe_bucket(r.record_id, buckets), r)
                                                 ).with_output_types(Tuple[int, Any])
-               | "First per window" >> beam.ParDo(_FirstInWindow(self._lateness)).with_outputs(
+               | "First per window" >> beam.ParDo(_FirstInWindow(self._grace, self._clock)).with_outputs(
                    DEAD, main="records"))
         return {"records": out.records, "dead_letter": out[DEAD]}
 
@@ -126,16 +132,22 @@ class _FirstInWindow(beam.DoFn):
     letters.
 
     Input is keyed by dedupe_bucket(id), and the state is the set of ids seen
-    per (bucket, window). An event-time timer at the window's end (plus the
-    allowed lateness) clears it, so state is bounded by the ids of the windows
-    still open, whatever the input rate or run length. (Runners free per-window
-    state at expiry anyway; the DirectRunner does not, and keeps every key.)"""
+    per (bucket, window). A processing-time timer, pushed back by every id,
+    clears it once no id has arrived for one window length plus the grace
+    (expiry_time). So the state holds only the ids of recently active windows,
+    whatever the input rate or run length, and the set of keys is fixed.
+    (Dataflow also frees a window's state when the window expires; the
+    DirectRunner never frees anything by itself.)"""
 
     SEEN = SetStateSpec("seen", coders.StrUtf8Coder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-    def __init__(self, allowed_lateness_s: float = DEDUPE_ALLOWED_LATENESS_S):
-        self._lateness = allowed_lateness_s
+    def __init__(self, idle_grace_s: float = DEDUPE_IDLE_GRACE_S,
+                 clock: Callable[[], Timestamp] = Timestamp.now):
+        self._grace = idle_grace_s
+        # Processing-time "now"; injectable because a TestStream's processing
+        # clock starts at 0, not at the wall clock.
+        self._clock = clock
 
     def process(self, element, window=beam.DoFn.WindowParam, seen=beam.DoFn.StateParam(SEEN),
                 expiry=beam.DoFn.TimerParam(EXPIRY)) -> Iterator:
@@ -148,7 +160,7 @@ class _FirstInWindow(beam.DoFn):
                 raw=raw_to_text({"text": record.text, **record.attrs})))
             return
         seen.add(record.record_id)
-        expiry.set(expiry_time(window.end, self._lateness))
+        expiry.set(expiry_time(self._clock(), window, self._grace))
         yield record
 
     @on_timer(EXPIRY)
