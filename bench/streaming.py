@@ -36,9 +36,12 @@ counted as latency.
     10 requests/s); 20,000 messages published as fast as the client can; the
     RSS of the pipeline process and all its descendants (/proc/PID/status VmRSS,
     descendants found through /proc/*/stat ppid) sampled every second for a
-    bounded time (120 s from the start of publishing). Reports the RSS before
-    publishing, its peak, first/middle/last samples, the slope over the second
-    half, and how many records landed. After stopping the pipeline, the
+    bounded time (120 s from the start of publishing, or until every record
+    has landed plus 15 s). Reports the RSS before publishing, its peak,
+    first/middle/last samples, the slope over the second half, the RSS when a
+    quarter, half, three quarters and all of the records had landed (and the
+    growth per record between the first and the last of those), and how many
+    records landed. After stopping the pipeline, the
     messages still in the subscription are drained and counted: published -
     left = messages the pipeline pulled and acknowledged; pulled - landed =
     records it held in memory (or in flight) when it was stopped.
@@ -70,6 +73,8 @@ from bench import datagen, procs
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "samples/sentiment.yaml"
 POLL_S = 0.25
+#: (memory) once every record has landed, sample this much longer, to show the plateau
+DONE_GRACE_S = 15.0
 WARMUP = 5
 
 
@@ -109,7 +114,9 @@ class Pipeline:
         if args.mode in ("batch", "packed-batch"):
             self.cmd += ["--poll-interval-s", "0.1", "--poll-max-interval-s", "0.5"]
         self.cmd += list(args.pipeline_arg)
-        self.env = dict(os.environ, PUBSUB_EMULATOR_HOST=host, ANTHROPIC_API_KEY="bench", PYTHONPATH=_ROOT)
+        self.env = dict(os.environ, PUBSUB_EMULATOR_HOST=host, ANTHROPIC_API_KEY="bench",
+                        # keep a caller's PYTHONPATH after ours (e.g. a measuring sitecustomize)
+                        PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
         self.proc: Optional[subprocess.Popen] = None
         self.started = 0.0
 
@@ -489,7 +496,14 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         print(f"[memory] published {n} in {pub_s:.1f} s ({n / pub_s:.0f}/s); sampling until "
               f"{args.mem_duration_s:g} s", flush=True)
         next_print = 10.0
+        done_at = None
         while time.time() - t0 < args.mem_duration_s and pipe.alive():
+            # Everything landed: a few more samples (the plateau), then stop.
+            if done_at is None and samples and samples[-1]["landed"] >= n:
+                done_at = time.time()
+                print(f"[memory] all {n} landed at t={samples[-1]['t']:.1f} s", flush=True)
+            if done_at is not None and time.time() - done_at >= DONE_GRACE_S:
+                break
             if samples and samples[-1]["t"] >= next_print:
                 s = samples[-1]
                 print(f"[memory]   t={s['t']:6.1f}s  rss={s['rss_mib']:7.1f} MiB  landed={s['landed']:6d}  "
@@ -516,6 +530,7 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         den = sum((t - mt) ** 2 for t in ts)
         slope = round(60 * sum((t - mt) * (r - mr) for t, r in zip(ts, rs)) / den, 1) if den else None
     mid = samples[len(samples) // 2] if samples else {}
+    at_landed = rss_at_landed(samples, n)
     return {
         "part": "memory", "mode": args.mode, "records": n, "rpm": args.mem_rpm,
         "publish_s": round(pub_s, 1), "duration_s": round(stopped_at, 1), "pipeline_alive_at_end": alive,
@@ -527,6 +542,8 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         "rss_middle_mib": mid.get("rss_mib"), "rss_middle_t": mid.get("t"),
         "rss_last_mib": samples[-1]["rss_mib"] if samples else None,
         "rss_slope_second_half_mib_per_min": slope,
+        "rss_at_landed": at_landed,
+        "growth_kib_per_record_after_first_quarter": growth_per_record(at_landed),
         "landed": landed, "dead_lettered": sum(1 for k in poller.dead if k.startswith("mem-")),
         "answered_by_emulator": stats["messages_succeeded"], "emulator_429": stats["rate_limited"],
         "left_in_subscription": left, "pulled_by_pipeline": pulled,
@@ -537,6 +554,27 @@ def run_memory(host: str, args: argparse.Namespace, tmp: str) -> Dict[str, Any]:
         "samples": samples,
         "command": pipe.shown_cmd(), "emulator": " ".join(emu.cmd[1:]),
     }
+
+
+def rss_at_landed(samples: Sequence[Dict[str, Any]], n: int, parts: int = 4) -> List[Dict[str, Any]]:
+    """RSS at the first sample where a quarter, half, ... of the n records had landed."""
+    out = []
+    for k in range(1, parts + 1):
+        goal = n * k // parts
+        hit = next((s for s in samples if goal and s["landed"] >= goal), None)
+        if hit is not None:
+            out.append({"landed_goal": goal, "t": hit["t"], "landed": hit["landed"], "rss_mib": hit["rss_mib"]})
+    return out
+
+
+def growth_per_record(at_landed: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """KiB of RSS per record landed between the first and the last milestone (the
+    first quarter absorbs one-off warm-up: imports, caches, pools)."""
+    if len(at_landed) < 2:
+        return None
+    a, b = at_landed[0], at_landed[-1]
+    records = b["landed"] - a["landed"]
+    return round(1024 * (b["rss_mib"] - a["rss_mib"]) / records, 2) if records else None
 
 
 # ----------------------------------------------------------------------------- report
@@ -580,6 +618,9 @@ def report(rows: Sequence[Dict[str, Any]]) -> str:
                 f"load average {r['loadavg_1min_start_end']} on {r['cpus']} CPUs",
                 f"  left in the subscription {r['left_in_subscription']}, pulled by the pipeline "
                 f"{r['pulled_by_pipeline']}, held in the pipeline at stop {r['held_by_pipeline_at_stop']}",
+                "  RSS when landed reached: " + ", ".join(
+                    f"{m['landed_goal']} -> {m['rss_mib']} MiB (t={m['t']:.0f} s)" for m in r["rss_at_landed"])
+                + f"; growth after the first milestone {r['growth_kib_per_record_after_first_quarter']} KiB/record",
                 "  timeline (every 10 s): t s | RSS MiB | landed | answered by the emulator | pipeline CPU %",
             ]
             step = 10.0
@@ -606,7 +647,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--mem-records", type=int, default=20000, help="(memory) messages published at once")
     ap.add_argument("--mem-rpm", type=float, default=600, help="(memory) Claude emulator --rpm")
     ap.add_argument("--mem-duration-s", type=float, default=120,
-                    help="(memory) sample this long from the start of publishing, then stop")
+                    help="(memory) sample at most this long from the start of publishing, then stop "
+                         "(it stops earlier, 15 s after every record has landed)")
     ap.add_argument("--startup-timeout-s", type=float, default=120,
                     help="wait at most this long for the warm-up records to land")
     ap.add_argument("--pipeline-arg", action="append", default=[],

@@ -19,7 +19,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import fastjson, lifecycle, progress
 from transforms.budget import fitting_prefix, get_budget
-from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
+from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
@@ -119,7 +119,9 @@ class _ApiDoFn(beam.DoFn):
         self._ledger = None
 
     def setup(self):
-        self._client = make_client(self._api)
+        # Per process, not per setup(): the DirectRunner calls setup() for every
+        # bundle (see shared_client).
+        self._client = shared_client(self._api)
         if self._ledger_settings is not None:
             self._ledger = self._ledger_settings.open()
 
@@ -144,9 +146,7 @@ class _ApiDoFn(beam.DoFn):
             create=create, cancel=lambda batch_id: self._call(self._client.messages.batches.cancel, batch_id))
 
     def teardown(self):
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._client = None  # the process's (shared_client): others still use it
 
     def _call(self, fn, *args, **kwargs):
         return self._retry.call(lambda: fn(*args, **kwargs))

@@ -1,9 +1,12 @@
 """How DoFns reach the API: picklable settings, clients built in setup()."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import hashlib
 import os
-from typing import Optional
+import threading
+from typing import Any, Dict, Optional, Tuple
 
 #: Environment variable holding the API key. The key itself is never a
 #: pipeline option (options are visible in the Dataflow UI and in logs).
@@ -55,6 +58,48 @@ def make_client(settings: ApiSettings):
         max_retries=0,
         timeout=anthropic.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
     )
+
+
+_SHARED: Dict[Tuple[Any, ...], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared(key: Tuple[Any, ...], factory):
+    with _SHARED_LOCK:
+        obj = _SHARED.get(key)
+        if obj is None:
+            obj = _SHARED[key] = factory()
+        return obj
+
+
+def shared_client(settings: ApiSettings):
+    """The process's client for these settings, built on first use and kept.
+
+    Why not one per DoFn setup(): the DirectRunner calls setup() and teardown()
+    for every bundle (in streaming, a bundle is one 10-message Pub/Sub pull),
+    so each bundle paid for a new client (httpx pool, SSL context, a fresh
+    connection) and the process's memory grew with the bundles run. An
+    anthropic client is thread-safe, so one per process serves every DoFn
+    and thread; it is never closed (it lives as long as the process).
+
+    Keyed by the settings and, for a key from the environment, a digest of
+    the key (a later run in the same process with another key gets its own
+    client); a Secret Manager version is named by the settings, and is read
+    once per process rather than once per bundle.
+    """
+    ident: Tuple[Any, ...] = ("client", settings)
+    if not settings.api_key_secret:
+        ident += (hashlib.sha256(settings.api_key().encode("utf-8")).hexdigest(),)
+    return _shared(ident, lambda: make_client(settings))
+
+
+def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.ThreadPoolExecutor:
+    """The process's thread pool `name` for `scope` (say, a rate-limit budget) with
+    `workers` threads, made on first use and kept (for the same reason as
+    shared_client: no pool per bundle). Every DoFn instance of the scope shares
+    it, as they already share the budget's concurrency gate of the same size."""
+    return _shared(("pool", name, scope, workers),
+                   lambda: concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name))
 
 
 @dataclasses.dataclass(frozen=True)

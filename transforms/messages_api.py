@@ -26,7 +26,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import progress, ratelimit, retry, shedding
 from transforms.budget import get_budget, worst_case_usd
-from transforms.client import ApiSettings, RetryPolicy, make_client
+from transforms.client import ApiSettings, RetryPolicy, shared_client, shared_pool
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
@@ -101,11 +101,13 @@ class _CallMessagesDoFn(beam.DoFn):
         self._shed = Metrics.counter("claude", "shed_records")
 
     def setup(self):
-        self._client = make_client(self._api)
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._s.concurrency, "claude-call")
+        # Per process, not per setup(): the DirectRunner calls setup() for every
+        # bundle (see shared_client).
+        self._client = shared_client(self._api)
         # One budget per endpoint and model, and per setting of the limits: a
         # later run in the same process with other flags gets its own.
         key = self._s.budget_key(self._api, self._builder.task.model)
+        self._pool = shared_pool("claude-call", self._s.concurrency, scope=key)
         self._limiter = ratelimit.get_limiter(key, functools.partial(
             ratelimit.create_limiter, self._s.limits, redis_url=self._s.redis_url, name=key,
             burst_seconds=self._s.burst_seconds))
@@ -118,10 +120,10 @@ class _CallMessagesDoFn(beam.DoFn):
         self._cached = {p: self._builder.cached_prefix_tokens(p) for p in (False, True)}
 
     def teardown(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-        if self._client is not None:
-            self._client.close()
+        # The client and the pool belong to the process (shared_client,
+        # shared_pool): other bundles and DoFns go on using them.
+        self._pool = None
+        self._client = None
 
     def process(self, works: Sequence[Work]) -> Iterator:
         futures = []
