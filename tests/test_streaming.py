@@ -38,37 +38,45 @@ def _rows(out):
     return results, dead
 
 
-@pytest.mark.parametrize("mode,N_GOOD", [("batch", 1000), ("packed", 200)])
-def test_published_messages_all_land_once(pubsub, emu, tmp_path, mode, N_GOOD):
-    topic, sub = create_topic_and_subscription(pubsub, f"records-{mode}", f"records-{mode}-sub")
+def _stream(pubsub, emu, tmp_path, sub, payloads, extra=()):
+    """Runs the streaming job on `sub`, publishes `payloads` to its topic, waits
+    (bounded) until as many rows as payloads have landed, a little longer for
+    any extra (duplicate) row, then stops the job. -> (results, dead)."""
+    topic, subscription = sub
     out = str(tmp_path / "out")
     env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub, ANTHROPIC_API_KEY="test-key-not-a-secret")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input-subscription", sub,
-         "--output", out, "--mode", mode, "--pack-key-field", "customer_id", "--api-base", emu.base_url,
+        [sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input-subscription",
+         subscription, "--output", out, "--api-base", emu.base_url,
          "--window-secs", "10", "--max-buffering-secs", "1", "--poll-interval-s", "0.1",
-         "--poll-max-interval-s", "0.5", "--streaming-duration-s", "600"],
+         "--poll-max-interval-s", "0.5", "--streaming-duration-s", "600", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        records = list(datagen.generate_records(N_GOOD, seed=9, customers=40))
-        publish(pubsub, topic, [json.dumps(r).encode() for r in records] + BAD)
-        expected = N_GOOD + len(BAD)
+        publish(pubsub, topic, payloads)
         deadline = time.monotonic() + 240
         while True:
             results, dead = _rows(out)
-            if len(results) + len(dead) >= expected:
+            if len(results) + len(dead) >= len(payloads):
                 break
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {expected} rows landed"
+            assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {len(payloads)} landed"
             time.sleep(1)
         time.sleep(2)  # anything extra (a duplicate row) would land now
-        results, dead = _rows(out)
+        return _rows(out)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("mode,N_GOOD", [("batch", 1000), ("packed", 200)])
+def test_published_messages_all_land_once(pubsub, emu, tmp_path, mode, N_GOOD):
+    sub = create_topic_and_subscription(pubsub, f"records-{mode}", f"records-{mode}-sub")
+    records = list(datagen.generate_records(N_GOOD, seed=9, customers=40))
+    results, dead = _stream(pubsub, emu, tmp_path, sub, [json.dumps(r).encode() for r in records] + BAD,
+                            ["--mode", mode, "--pack-key-field", "customer_id"])
     ids = [r["record_id"] for r in results]
     assert len(ids) == len(set(ids)) == N_GOOD + 1  # + the first dup-1
     assert set(ids) == {r["id"] for r in records} | {"dup-1"}
@@ -83,37 +91,14 @@ def test_streaming_sync_sheds_a_full_queue_to_the_batch_api(pubsub, emu, tmp_pat
     --max-in-flight 2 keep the Messages queue full, so part of the records go
     through Message Batches instead; every record still lands exactly once."""
     n = 40
-    topic, sub = create_topic_and_subscription(pubsub, "records-shed", "records-shed-sub")
-    out = str(tmp_path / "out")
-    env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub, ANTHROPIC_API_KEY="test-key-not-a-secret")
+    sub = create_topic_and_subscription(pubsub, "records-shed", "records-shed-sub")
+    records = list(datagen.generate_records(n, seed=11, customers=10))
     emu.configure(latency_ms=300.0)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input-subscription", sub,
-         "--output", out, "--mode", "sync", "--api-base", emu.base_url,
-         "--window-secs", "10", "--max-buffering-secs", "1", "--poll-interval-s", "0.1",
-         "--poll-max-interval-s", "0.5", "--streaming-duration-s", "600",
-         "--shed-to", "batch", "--max-in-flight", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        records = list(datagen.generate_records(n, seed=11, customers=10))
-        publish(pubsub, topic, [json.dumps(r).encode() for r in records])
-        deadline = time.monotonic() + 180
-        while True:
-            results, dead = _rows(out)
-            if len(results) + len(dead) >= n:
-                break
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {n} rows landed"
-            time.sleep(1)
-        time.sleep(2)  # anything extra (a duplicate row) would land now
-        results, dead = _rows(out)
+        results, dead = _stream(pubsub, emu, tmp_path, sub, [json.dumps(r).encode() for r in records],
+                                ["--mode", "sync", "--shed-to", "batch", "--max-in-flight", "2"])
     finally:
         emu.configure(latency_ms=0.0)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     ids = [r["record_id"] for r in results]
     assert not dead and len(ids) == len(set(ids)) == n and set(ids) == {r["id"] for r in records}
     modes = {r["mode"] for r in results}
