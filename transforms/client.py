@@ -5,8 +5,9 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
-import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
+
+from transforms import registry
 
 #: Environment variable holding the API key. The key itself is never a
 #: pipeline option (options are visible in the Dataflow UI and in logs).
@@ -60,18 +61,6 @@ def make_client(settings: ApiSettings):
     )
 
 
-_SHARED: Dict[Tuple[Any, ...], Any] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def _shared(key: Tuple[Any, ...], factory):
-    with _SHARED_LOCK:
-        obj = _SHARED.get(key)
-        if obj is None:
-            obj = _SHARED[key] = factory()
-        return obj
-
-
 def shared_client(settings: ApiSettings):
     """The process's client for these settings, built on first use and kept.
 
@@ -90,7 +79,7 @@ def shared_client(settings: ApiSettings):
     ident: Tuple[Any, ...] = ("client", settings)
     if not settings.api_key_secret:
         ident += (hashlib.sha256(settings.api_key().encode("utf-8")).hexdigest(),)
-    return _shared(ident, lambda: make_client(settings))
+    return registry.per_process(ident, lambda: make_client(settings))
 
 
 def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.ThreadPoolExecutor:
@@ -98,7 +87,7 @@ def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.
     `workers` threads, made on first use and kept (for the same reason as
     shared_client: no pool per bundle). Every DoFn instance of the scope shares
     it, as they already share the budget's concurrency gate of the same size."""
-    return _shared(("pool", name, scope, workers),
+    return registry.per_process(("pool", name, scope, workers),
                    lambda: concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name))
 
 

@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import progress, ratelimit, retry, shedding
+from transforms import progress, ratelimit, registry, retry, shedding
 from transforms.budget import get_budget, worst_case_usd
 from transforms.client import ApiSettings, RetryPolicy, shared_client, shared_pool
 from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
@@ -115,7 +115,7 @@ class _CallMessagesDoFn(beam.DoFn):
             ratelimit.ConcurrencyGate, self._s.concurrency))
         # One queue per process and budget, like the limiter: every DoFn
         # instance's admitted work counts toward the same bound.
-        self._queue = ratelimit.get_limiter(key + "#queue", shedding.InFlight)
+        self._queue = registry.per_process(("in-flight", key), shedding.InFlight)
         self._shared = {False: self._builder.shared_size(False), True: self._builder.shared_size(True)}
         self._cached = {p: self._builder.cached_prefix_tokens(p) for p in (False, True)}
 

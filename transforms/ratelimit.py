@@ -45,6 +45,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
+from transforms import registry
+
 __all__ = [
     "Limits",
     "TokenBucket",
@@ -1273,10 +1275,6 @@ class _GateSlot:
 # --------------------------------------------------------------------------
 
 T = TypeVar("T")
-_REGISTRY: Dict[str, Any] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
 def get_limiter(key: str, factory: Callable[[], T]) -> T:
     """The process-wide limiter for ``key``, created by ``factory()`` on first use.
 
@@ -1298,14 +1296,7 @@ def get_limiter(key: str, factory: Callable[[], T]) -> T:
     that starts several SDK processes per VM gets one limiter per process:
     use RedisRateLimiter, or ``share``, to split the budget.)
     """
-    with _REGISTRY_LOCK:
-        limiter = _REGISTRY.get(key)
-        if limiter is None:
-            limiter = factory()
-            if limiter is None:
-                raise ValueError(f"limiter factory for {key!r} returned None")
-            _REGISTRY[key] = limiter
-        return limiter
+    return registry.per_process(("limiter", key), factory)
 
 
 def create_limiter(limits: Optional[Limits] = None, *, redis_url: Optional[str] = None,
