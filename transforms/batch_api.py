@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import fastjson, lifecycle, progress
+from transforms import fastjson, lifecycle, progress, registry
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
@@ -123,7 +123,9 @@ class _ApiDoFn(beam.DoFn):
         # bundle (see shared_client).
         self._client = shared_client(self._api)
         if self._ledger_settings is not None:
-            self._ledger = self._ledger_settings.open()
+            # The ledger too (a GcsLedger holds storage clients; it is thread-safe).
+            self._ledger = registry.per_process(("ledger", self._ledger_settings.path),
+                                                self._ledger_settings.open)
 
     def _create_batch(self, builder: RequestBuilder, requests: Sequence[Request],
                       records: Optional[Dict[str, Record]]) -> Tuple[str, bool, Optional[str]]:
