@@ -69,3 +69,10 @@ class EmulatorProcess:
 
     def config(self) -> Dict[str, Any]:
         return get_json(self.base_url + "/_emulator/config")
+
+
+def save_rows(path: Optional[str], rows: Any) -> None:
+    """The benchmark's rows as JSON at `path` (--json), if one was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)

@@ -681,9 +681,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(report(rows))
     print(f"\ntotal wall {time.monotonic() - started:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    procs.save_rows(args.json, rows)
     return 0
 
 

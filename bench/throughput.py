@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bench import datagen, procs
+from tests.redis_server import RedisServer  # the tests' throwaway redis-server, reused
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = os.path.join(_ROOT, "samples", "sentiment.yaml")
@@ -55,45 +54,6 @@ class EmulatorProcess(procs.EmulatorProcess):
         if bucket_capacity_s is not None:
             flags += ["--bucket-capacity-s", str(bucket_capacity_s)]
         super().__init__(flags)
-
-
-class RedisProcess:
-    """A throwaway redis-server on a free loopback port (like tests/redis_server.py)."""
-
-    def __init__(self):
-        self.binary = shutil.which("redis-server")
-        self.port = procs.free_port()
-        self.proc: Optional[subprocess.Popen] = None
-        self.dir: Optional[tempfile.TemporaryDirectory] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> "RedisProcess":
-        if self.binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.dir = tempfile.TemporaryDirectory(prefix="bench-redis-")
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir.name],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        if self.dir is not None:
-            self.dir.cleanup()
 
 
 class Sampler:
@@ -249,7 +209,7 @@ def run_redis_pair(emu: EmulatorProcess, data: str, n: int, tmp: str, concurrenc
     for i, path in enumerate(halves):
         with open(path, "wb") as f:
             f.writelines(lines[i::2])
-    with (RedisProcess() if use_redis else _NoRedis()) as redis:
+    with (RedisServer() if use_redis else _NoRedis()) as redis:
         emu.reset()
         outs = [os.path.join(tmp, f"pair-{int(use_redis)}-{i}") for i in range(2)]
         shared = ["--rate-limit-redis", redis.url] if use_redis else []
@@ -412,9 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if short:
         print(f"\nnote: steady part under 10 s for {', '.join(short)}: the servers' initial burst "
               "(1 s of refill) inflates the rate; use more --records")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    procs.save_rows(args.json, rows)
     return 0
 
 
