@@ -428,6 +428,14 @@ def _compile_checker(canonical_schema: str) -> "_Checker":
 # True means jsonschema would accept the instance too; False means "ask
 # jsonschema" (which then decides, and words the error). A schema using any
 # keyword outside the subset gets no fast check at all.
+#
+# Why by hand and not fastjsonschema: it implements drafts 4 to 7, and answers
+# are validated by draft 2020-12 (jsonschema's Draft202012Validator), where
+# `items` arrays, `$ref` siblings, `exclusiveMinimum` and the 2020-12-only
+# keywords (prefixItems, unevaluated*, dependent*) mean something else or are
+# unknown to it. Its "valid" would then not imply jsonschema's. This subset is
+# where the drafts agree, and the one-way contract is property-tested
+# (tests/test_answers.py).
 
 #: Keywords that never affect validity (formats are annotations in 2020-12,
 #: and our validators are built without a format checker).
