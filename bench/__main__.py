@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 from bench import datagen, procs
 
@@ -59,12 +60,19 @@ def bench_batch(records: int, sizes) -> None:
               f"{ours[0] / plain[0]:.2f}x{'' if ours[2] == 0 else '  (FAILED rc=%d)' % ours[2]}")
 
 
-def bench_modes(records: int, concurrency: int) -> None:
-    """Each mode on the same records against the emulator: requests, tokens, cost, wall time."""
+def bench_modes(records: int, concurrency: int, input_path: Optional[str] = None) -> None:
+    """Each mode on the same records against the emulator: requests, tokens, cost, wall time.
+
+    The records are `records` generated ones, or the lines of `input_path`."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "in.jsonl")
-        datagen.write_jsonl(data, records, seed=2)
+        if input_path:
+            data = os.path.abspath(input_path)
+            with open(data, "rb") as f:
+                records = sum(1 for line in f if line.strip())
+        else:
+            data = os.path.join(tmp, "in.jsonl")
+            datagen.write_jsonl(data, records, seed=2)
         for mode in ("sync", "packed", "batch", "packed-batch"):
             with procs.EmulatorProcess() as emu:
                 base = emu.base_url
@@ -92,7 +100,7 @@ def bench_modes(records: int, concurrency: int) -> None:
         print(f"{'':>{len(f'{records:,} records')}} | {mode:<13} {requests:>8,} {s['input_tokens']:>10,} "
               f"{s['cache_creation_input_tokens']:>11,} {s['cache_read_input_tokens']:>11,} "
               f"{s['output_tokens']:>9,} {s['cost_usd']:>9.4f} {1000 * s['cost_usd'] / records:>9.4f} "
-              f"{s['cost_usd'] / sync_cost:>6.0%} {wall:>7.1f}")
+              f"{s['cost_usd'] / sync_cost:>7.1%} {wall:>7.1f}")
 
 
 def main(argv=None) -> int:
@@ -106,11 +114,13 @@ def main(argv=None) -> int:
     m = sub.add_parser("modes", help="the four modes side by side on the same records")
     m.add_argument("--records", type=int, default=10_000)
     m.add_argument("--concurrency", type=int, default=16)
+    m.add_argument("--input", default=None,
+                   help="a JSONL file to use instead of generated records (e.g. samples/emails.jsonl)")
     args = parser.parse_args(argv)
     if args.which == "batch":
         bench_batch(args.records, sorted(set(args.also + [args.records])))
     elif args.which == "modes":
-        bench_modes(args.records, args.concurrency)
+        bench_modes(args.records, args.concurrency, args.input)
     return 0
 
 

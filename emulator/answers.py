@@ -3,15 +3,18 @@
 Contract with the pipeline (see docs/architecture.md):
 
 * The user message holds one record as ``<item id="ID">CONTENT</item>`` or a
-  pack ``<items_to_process> <item ...>...</item> ... </items_to_process>``;
-  ids and content are XML-escaped. No item tag: the whole message is one
-  anonymous item.
+  pack ``<items_to_process> <item id="ID" n="N">...</item> ...
+  </items_to_process>``; ids and content are XML-escaped, N is the item's
+  number. No item tag: the whole message is one anonymous item.
+* A pack element names its item by the key its item schema declares: ``n``
+  (the pipeline's packs: the item's number) or ``id`` (the item's id, for
+  clients that ask for it). Faults and stats always work on item ids.
 * Every generated value is seeded by ``sha256(html.unescape(CONTENT).strip())``
   and by the value's *path* in the schema (``label``, ``tags[0]``,
   ``address.city``), never by the item's id or position. So the same record
   gets the same answer alone, in a pack, in a batch, and in any order: the
   object a pack returns for an item equals, field for field, what a single
-  request with the task's schema returns for it (plus ``id``).
+  request with the task's schema returns for it (plus its key).
 * With ``output_config.format`` = json_schema: compact JSON valid against the
   schema (subset: object/properties/required/additionalProperties, string
   enum/minLength/maxLength/format, number/integer minimum/maximum/exclusive*/
@@ -19,7 +22,7 @@ Contract with the pipeline (see docs/architecture.md):
   const, enum, anyOf/oneOf, allOf, local $ref). ``pattern`` is not honoured.
 * Without a schema: a short sentence (single) or
   ``{"results":[{"id":ID,"output":SENTENCE},...]}`` (pack). A pack whose
-  item schema is exactly {id, output: string} (the pipeline's free-text pack)
+  item schema is exactly {key, output: string} (the pipeline's free-text pack)
   also gets SENTENCE as output, so free text agrees across modes too.
 * Output tokens = estimate_tokens(text); over max_tokens the text is cut to
   max_tokens*4 bytes and stop_reason is "max_tokens".
@@ -39,7 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from emulator import jsonutil
 from transforms.tokens import estimate_tokens
 
-ITEM_RE = re.compile(r'<item id="([^"]*)">(.*?)</item>', re.S)
+ITEM_RE = re.compile(r'<item id="([^"]*)"(?: n="([0-9]+)")?>(.*?)</item>', re.S)
 PACK_MARK = "<items_to_process>"
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in ".,;:!?\"()[]{}<>«»“”‘’*_`~|/\\#=+&"})
 _FILLER = ("the", "record", "describes", "a", "short", "plain", "note", "about", "its", "content")
@@ -58,6 +61,7 @@ class Item:
     content: str
     _key: Optional[bytes] = None
     _words: Optional[List[str]] = None
+    n: Optional[int] = None   # the item's number in its pack (`n` attribute), if given
 
     @property
     def key(self) -> bytes:
@@ -100,11 +104,13 @@ def user_text(params: Mapping[str, Any]) -> str:
 
 
 _OPEN = '<item id="'
+_N_ATTR = ' n="'
 _CLOSE = "</item>"
 
 
-def _find_items(text: str) -> List[Tuple[str, str]]:
-    """(raw id, raw content) pairs: what ITEM_RE.findall gives, with str.find (3x faster)."""
+def _find_items(text: str) -> List[Tuple[str, Optional[int], str]]:
+    """(raw id, n or None, raw content) of each `<item id="ID"[ n="N"]>CONTENT</item>`:
+    what ITEM_RE.findall gives, with str.find (3x faster)."""
     out = []
     find = text.find
     i = find(_OPEN)
@@ -112,15 +118,29 @@ def _find_items(text: str) -> List[Tuple[str, str]]:
         q = find('"', i + 10)
         if q == -1:
             break
-        if text[q + 1:q + 2] != ">":
+        n, end = _n_attribute(text, q + 1)
+        if end is None:
             i = find(_OPEN, i + 1)
             continue
-        k = find(_CLOSE, q + 2)
+        k = find(_CLOSE, end)
         if k == -1:
             break
-        out.append((text[i + 10:q], text[q + 2:k]))
+        out.append((text[i + 10:q], n, text[end:k]))
         i = find(_OPEN, k + 7)
     return out
+
+
+def _n_attribute(text: str, at: int) -> Tuple[Optional[int], Optional[int]]:
+    """(n, index after the tag's ">") for `>` or ` n="123">` at `at`; end None if neither."""
+    if text.startswith(">", at):
+        return None, at + 1
+    if text.startswith(_N_ATTR, at):
+        start = at + len(_N_ATTR)
+        q = text.find('">', start)
+        digits = text[start:q] if q != -1 else ""
+        if digits.isascii() and digits.isdigit():
+            return int(digits), q + 2
+    return None, None
 
 
 def parse_items(text: str) -> Tuple[bool, List[Item]]:
@@ -132,7 +152,7 @@ def parse_items(text: str) -> Tuple[bool, List[Item]]:
     if not is_pack:
         found = found[:1]
     unescape = html.unescape
-    return is_pack, [Item(unescape(i), unescape(c).strip()) for i, c in found]
+    return is_pack, [Item(unescape(i), unescape(c).strip(), n=n) for i, n, c in found]
 
 
 def output_schema(params: Mapping[str, Any]) -> Optional[Any]:
@@ -483,8 +503,8 @@ def single_answer_value(item: Item, schema: Any) -> Any:
 def expected_output(content: str, schema: Any = None) -> Any:
     """What a single request answers for a record with this (unescaped) content.
 
-    A pack answers the same fields for the same content (plus "id"); without
-    a schema a pack element is {"id": ID, "output": expected_output(content)}.
+    A pack answers the same fields for the same content (plus its key);
+    without a schema a pack element is {"id": ID, "output": expected_output(content)}.
     """
     return single_answer_value(Item("x", content.strip()), schema)
 
@@ -492,12 +512,19 @@ def expected_output(content: str, schema: Any = None) -> Any:
 _PLAIN = (_STRING, "plain-answer", 0, None)
 
 
-class PackPlan:
-    """How to answer one pack element: the item schema and its compiled fields."""
+#: Answer keys a pack's item schema may declare, in order of preference: the
+#: item's number `n` (what the pipeline asks for) or its `id`.
+ANSWER_KEYS = ("n", "id")
 
-    def __init__(self, item_schema: Optional[Dict[str, Any]], entries: Optional[List[Tuple[str, Any]]]):
+
+class PackPlan:
+    """How to answer one pack element: the item schema, its compiled fields, its key."""
+
+    def __init__(self, item_schema: Optional[Dict[str, Any]], entries: Optional[List[Tuple[str, Any]]],
+                 key: str = "id"):
         self.item_schema = item_schema
-        self.entries = entries  # [(name, node)], node None for "id"; None = no schema
+        self.entries = entries  # [(name, node)], node None for the key; None = no schema
+        self.key = key
 
 
 def pack_item_schema(schema: Any) -> Optional[Dict[str, Any]]:
@@ -524,47 +551,51 @@ def pack_plan(schema: Any) -> Optional[PackPlan]:
             return None
         node = _compile(item_schema, schema, 0)
         entries = list(node[1]) if node[0] == _OBJECT else []
-        entries = [(name, None if name == "id" else sub) for name, sub in entries]
-        if not any(name == "id" for name, _ in entries):
-            entries.insert(0, ("id", None))
-        if {name for name, _ in entries} == {"id", "output"} and dict(entries)["output"][0] == _STRING:
-            # The pipeline's free-text pack {"id","output"}: answer what a single
+        names = {name for name, _ in entries}
+        key = next((k for k in ANSWER_KEYS if k in names), "id")
+        entries = [(name, None if name == key else sub) for name, sub in entries]
+        if key not in names:
+            entries.insert(0, (key, None))
+        if {name for name, _ in entries} == {key, "output"} and dict(entries)["output"][0] == _STRING:
+            # The pipeline's free-text pack {key,"output"}: answer what a single
             # no-schema request answers, so every mode agrees.
             entries = [(name, _PLAIN if name == "output" else sub) for name, sub in entries]
-        return PackPlan(item_schema, entries)
+        return PackPlan(item_schema, entries, key)
 
     return _cached(b"P" + _schema_key(schema), build)
 
 
-def pack_element(item: Item, plan: PackPlan, salt: str = "") -> Dict[str, Any]:
-    """One object of a pack's results: the item's fields (as a single answer has them) plus its id."""
+def pack_element(item: Item, plan: PackPlan, position: int, salt: str = "") -> Dict[str, Any]:
+    """One object of a pack's results: the item's fields (as a single answer has
+    them) plus its key: its `n` (else its 1-based position) or its id."""
     seeded = item if not salt else Item(item.id, item.content + salt)
     if plan.entries is None:
         return {"id": item.id, "output": plain_answer(seeded)}
-    return {name: (item.id if sub is None else plain_answer(seeded) if sub is _PLAIN
+    key = (item.n if item.n is not None else position) if plan.key == "n" else item.id
+    return {name: (key if sub is None else plain_answer(seeded) if sub is _PLAIN
                    else generate(sub, seeded, name)) for name, sub in plan.entries}
 
 
-def _violate(obj: Dict[str, Any], item_schema: Optional[Dict[str, Any]], root: Any) -> None:
-    """Make obj invalid against the item schema (pack_ignore_schema)."""
+def _violate(obj: Dict[str, Any], item_schema: Optional[Dict[str, Any]], root: Any, key: str) -> None:
+    """Make obj invalid against the item schema (pack_ignore_schema), its key untouched."""
     if item_schema is None:
         obj.pop("output", None)
         return
     for name in item_schema.get("required") or ():
-        if name != "id" and name in obj:
+        if name != key and name in obj:
             del obj[name]
             return
     props = item_schema.get("properties") or {}
     for name, sub in props.items():
         sub = resolve(sub, root)
-        if name != "id" and isinstance(sub, dict) and isinstance(sub.get("enum"), list):
+        if name != key and isinstance(sub, dict) and isinstance(sub.get("enum"), list):
             obj[name] = "__not_in_enum__" if "__not_in_enum__" not in sub["enum"] else 123456789
             return
     wrong = {"string": 12345, "integer": "not a number", "number": "not a number",
              "boolean": "maybe", "array": "not an array", "object": "not an object"}
     for name, sub in props.items():
         sub = resolve(sub, root)
-        if name != "id" and isinstance(sub, dict) and isinstance(sub.get("type"), str) \
+        if name != key and isinstance(sub, dict) and isinstance(sub.get("type"), str) \
                 and sub["type"] in wrong:
             obj[name] = wrong[sub["type"]]
             return
@@ -607,42 +638,41 @@ def build_answer(params: Mapping[str, Any], is_pack: bool, items: List[Item], fa
             whole = Item(None, "\n".join(it.content for it in items))
             text = jsonutil.dumps(single_answer_value(whole, schema))
             return _finish(text, "end_turn", max_tokens, ids, list(ids), fired)
-        elements = [pack_element(it, plan) for it in items]
+        # (item id, answer object): faults pick items by id, whatever key answers carry.
+        elements = [(it.id, pack_element(it, plan, pos)) for pos, it in enumerate(items, start=1)]
         corrupted = set()
         if faults:
             spec = faults.fire("pack_drop_ids", ids)
             if spec:
                 fired.append(spec.name)
                 drop = set(faults.choose(spec, ids))
-                elements = [e for e in elements if e["id"] not in drop]
+                elements = [(i, e) for i, e in elements if i not in drop]
                 corrupted |= drop
             spec = faults.fire("pack_duplicate_ids", ids)
             if spec:
                 fired.append(spec.name)
                 chosen = set(faults.choose(spec, ids))
-                out = list(elements)
-                for it in items:
-                    if it.id in chosen:
-                        out.append(pack_element(it, plan, salt="#duplicate"))
-                elements = out
+                elements += [(it.id, pack_element(it, plan, pos, salt="#duplicate"))
+                             for pos, it in enumerate(items, start=1) if it.id in chosen]
                 corrupted |= chosen
             spec = faults.fire("pack_invent_ids", ids)
             if spec:
                 fired.append(spec.name)
                 for j in range(int(spec.opt("count") or 1)):
                     seed_item = items[j % len(items)]
+                    # A number past the pack's last item, and an id no item has.
                     fake = Item(f"invented-{seed_item.key.hex()[:6]}-{spec.fired}-{j}",
-                                seed_item.content + f"#invented{j}")
-                    elements.append(pack_element(fake, plan))
+                                seed_item.content + f"#invented{j}", n=len(items) + 1 + j)
+                    elements.append((fake.id, pack_element(fake, plan, fake.n)))
             spec = faults.fire("pack_ignore_schema", ids)
             if spec:
                 fired.append(spec.name)
                 chosen = set(faults.choose(spec, ids))
-                for e in elements:
-                    if e["id"] in chosen:
-                        _violate(e, plan.item_schema, schema)
+                for i, e in elements:
+                    if i in chosen:
+                        _violate(e, plan.item_schema, schema, plan.key)
                 corrupted |= chosen
-        text = jsonutil.dumps({"results": elements})
+        text = jsonutil.dumps({"results": [e for _, e in elements]})
         answered = [i for i in ids if i not in corrupted]
         stop = "end_turn"
         if faults:

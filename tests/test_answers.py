@@ -17,7 +17,6 @@ from transforms.answers import (
     parse_single_answer,
     reask_plan,
 )
-from transforms.packing import escape_id
 from transforms.records import Reason
 
 FAST = settings(max_examples=150, deadline=None)
@@ -103,53 +102,55 @@ def _outcome(**fields):
 
 @pytest.mark.parametrize("text, expected", [
     pytest.param(
-        _pack({"id": "a", "label": "pos"}, {"id": "b", "label": "neg"}, {"id": "c", "label": "pos", "score": 1}),
+        _pack({"n": 1, "label": "pos"}, {"n": 2, "label": "neg"}, {"n": 3, "label": "pos", "score": 1}),
         _outcome(valid={"a": {"label": "pos"}, "b": {"label": "neg"}, "c": {"label": "pos", "score": 1}}),
         id="all-valid"),
     pytest.param(
-        _pack({"id": "c", "label": "pos"}, {"id": "b", "label": "neg"}, {"id": "a", "label": "neg"}, wrap=False),
+        _pack({"n": 3, "label": "pos"}, {"n": 2, "label": "neg"}, {"n": 1, "label": "neg"}, wrap=False),
         _outcome(valid={"a": {"label": "neg"}, "b": {"label": "neg"}, "c": {"label": "pos"}}),
-        id="bare-array-reversed: matched by id, not position"),
+        id="bare-array-reversed: matched by key, not position"),
     pytest.param(
-        "```json\n" + _pack({"id": "a", "label": "pos"}, {"id": "b", "label": "pos"}, {"id": "c", "label": "pos"}) + "\n```",
+        "```json\n" + _pack({"n": 1, "label": "pos"}, {"n": 2, "label": "pos"}, {"n": 3, "label": "pos"}) + "\n```",
         _outcome(valid={"a": {"label": "pos"}, "b": {"label": "pos"}, "c": {"label": "pos"}}),
         id="fenced"),
     pytest.param(
-        _pack({"id": "a", "label": "pos"}, {"id": "c", "label": "neg"}),
+        _pack({"n": 1, "label": "pos"}, {"n": 3, "label": "neg"}),
         _outcome(valid={"a": {"label": "pos"}, "c": {"label": "neg"}}, missing=("b",)),
         id="missing"),
     pytest.param(
-        _pack({"id": "a", "label": "pos"}, {"id": "b", "label": "neg"}, {"id": "b", "label": "neg"}, {"id": "c", "label": "pos"}),
+        _pack({"n": 1, "label": "pos"}, {"n": 2, "label": "neg"}, {"n": 2, "label": "neg"}, {"n": 3, "label": "pos"}),
         _outcome(valid={"a": {"label": "pos"}, "c": {"label": "pos"}}, duplicated=("b",)),
         id="duplicated copies agree: still not trusted"),
     pytest.param(
-        _pack({"id": "a", "label": "pos"}, {"id": "b", "label": "neg"}, {"id": "c", "label": "pos"},
-              {"id": "zz", "label": "pos"}, {"id": "zz", "label": "neg"}),
-        _outcome(valid={"a": {"label": "pos"}, "b": {"label": "neg"}, "c": {"label": "pos"}}, invented=("zz", "zz")),
-        id="invented"),
+        _pack({"n": 1, "label": "pos"}, {"n": 2, "label": "neg"}, {"n": 3, "label": "pos"},
+              {"n": 4, "label": "pos"}, {"n": 0, "label": "neg"}, {"n": -1, "label": "neg"}),
+        _outcome(valid={"a": {"label": "pos"}, "b": {"label": "neg"}, "c": {"label": "pos"}},
+                 invented=("4", "0", "-1")),
+        id="invented: keys outside 1..n"),
     pytest.param(
-        _pack({"id": "a", "label": "maybe"}, {"id": "b", "label": "neg"}, {"id": "c"}),
+        _pack({"n": 1, "label": "maybe"}, {"n": 2, "label": "neg"}, {"n": 3}),
         _outcome(valid={"b": {"label": "neg"}},
                  invalid={"a": (R.SCHEMA_INVALID, "$.label: 'maybe' is not one of ['pos', 'neg']"),
                           "c": (R.SCHEMA_INVALID, "$: 'label' is a required property")}),
         id="schema-invalid items"),
     pytest.param(
-        _pack({"label": "pos"}, "a", {"id": 1, "label": "pos"}, {"id": "a", "label": "pos"}),
-        _outcome(valid={"a": {"label": "pos"}}, missing=("b", "c"), unattributed=3),
-        id="objects without a string id"),
+        _pack({"label": "pos"}, "a", {"n": "2", "label": "pos"}, {"n": True, "label": "pos"},
+              {"n": 2.0, "label": "pos"}, {"id": "c", "label": "pos"}, {"n": 1, "label": "pos"}),
+        _outcome(valid={"a": {"label": "pos"}}, missing=("b", "c"), unattributed=6),
+        id="objects without an integer key (the record id is no key)"),
 ])
 def test_pack_answers(text, expected):
     assert parse_pack_answer(text, "end_turn", IDS, LABEL) == expected
 
 
 @pytest.mark.parametrize("text, stop_reason, reason", [
-    (_pack({"id": "a", "label": "pos"}, {"id": "b", "label": "pos"}, {"id": "c", "label": "pos"}), "max_tokens", R.MAX_TOKENS),
-    ('{"results": [{"id": "a", "label": "pos"}, {"id": "b", "la', "max_tokens", R.MAX_TOKENS),
+    (_pack({"n": 1, "label": "pos"}, {"n": 2, "label": "pos"}, {"n": 3, "label": "pos"}), "max_tokens", R.MAX_TOKENS),
+    ('{"results": [{"n": 1, "label": "pos"}, {"n": 2, "la', "max_tokens", R.MAX_TOKENS),
     ("I won't process these.", "refusal", R.REFUSAL),
     ("Here you go: a=pos", "end_turn", R.INVALID_JSON),
-    ('{"results": [{"id": "a", "id": "b", "label": "pos"}]}', "end_turn", R.INVALID_JSON),
+    ('{"results": [{"n": 1, "n": 2, "label": "pos"}]}', "end_turn", R.INVALID_JSON),
     ('{"answers": []}', "end_turn", R.SCHEMA_INVALID),
-    ('{"id": "a", "label": "pos"}', "end_turn", R.SCHEMA_INVALID),
+    ('{"n": 1, "label": "pos"}', "end_turn", R.SCHEMA_INVALID),
     ('"a"', "end_turn", R.SCHEMA_INVALID),
 ])
 def test_pack_answers_of_which_nothing_is_trusted(text, stop_reason, reason):
@@ -160,24 +161,19 @@ def test_pack_answers_of_which_nothing_is_trusted(text, stop_reason, reason):
     assert outcome.failures() == {i: outcome.error for i in IDS}
 
 
-def test_pack_answer_accepts_ids_copied_escaped_from_the_prompt():
-    ids = ['a&b', 'say "x"', "a&amp;b"]  # the third is the first one's escaped spelling
-    text = _pack({"id": "a&amp;b", "label": "pos"}, {"id": escape_id('say "x"'), "label": "neg"})
+def test_keys_follow_the_order_the_pack_was_rendered_in():
+    """Key n names the n-th expected id, whatever the ids look like."""
+    ids = ['say "x"', "a&b", "3", "1"]
+    text = _pack({"n": 4, "label": "pos"}, {"n": 3, "label": "neg"}, {"n": 1, "label": "neg"})
     outcome = parse_pack_answer(text, "end_turn", ids, LABEL)
-    # "a&amp;b" is an expected id in its own right: it answers that one, not "a&b".
-    assert outcome.valid == {'say "x"': {"label": "neg"}, "a&amp;b": {"label": "pos"}}
+    assert outcome.valid == {"1": {"label": "pos"}, "3": {"label": "neg"}, 'say "x"': {"label": "neg"}}
     assert outcome.missing == ("a&b",)
 
 
-def test_both_spellings_of_one_id_count_as_two_answers():
-    text = _pack({"id": "a&b", "label": "pos"}, {"id": "a&amp;b", "label": "neg"})
-    assert parse_pack_answer(text, "end_turn", ["a&b"], LABEL).duplicated == ("a&b",)
-
-
 @pytest.mark.parametrize("obj, valid, invalid", [
-    ({"id": "a", "output": "text"}, {"a": "text"}, {}),
-    ({"id": "a", "output": 5}, {}, {"a": R.SCHEMA_INVALID}),
-    ({"id": "a", "output": "  "}, {}, {"a": R.MISSING_RESULT}),
+    ({"n": 1, "output": "text"}, {"a": "text"}, {}),
+    ({"n": 1, "output": 5}, {}, {"a": R.SCHEMA_INVALID}),
+    ({"n": 1, "output": "  "}, {}, {"a": R.MISSING_RESULT}),
 ])
 def test_pack_answer_without_task_schema_outputs_the_text(obj, valid, invalid):
     outcome = parse_pack_answer(_pack(obj), "end_turn", ["a"], None)
@@ -192,7 +188,7 @@ def test_pack_answer_refuses_unmatchable_expected_ids(expected_ids):
 
 
 def test_failures_give_every_failed_id_a_reason_in_pack_order():
-    text = _pack({"id": "a", "label": "maybe"}, {"id": "c", "label": "pos"}, {"id": "c", "label": "pos"})
+    text = _pack({"n": 4, "label": "maybe"}, {"n": 2, "label": "pos"}, {"n": 2, "label": "pos"})
     outcome = parse_pack_answer(text, "end_turn", ["d", "c", "b", "a"], LABEL)
     assert outcome.retry_ids == ("d", "c", "b", "a")
     assert {i: r for i, (r, _) in outcome.failures().items()} == {
@@ -207,12 +203,12 @@ FATES = ["valid", "invalid", "missing", "duplicated"]
 @given(data=st.data(), ids=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=10, unique=True))
 def test_every_expected_id_lands_in_exactly_the_right_place(data, ids):
     fates = {i: data.draw(st.sampled_from(FATES), label=f"fate of {i!r}") for i in ids}
-    aliases = set(ids) | {escape_id(i) for i in ids}
-    invented = data.draw(st.lists(st.text(max_size=8).filter(lambda s: s not in aliases), max_size=3))
-    objects = [{"id": x, "label": "pos"} for x in invented]
-    for i, fate in fates.items():
+    invented = data.draw(st.lists(st.integers(-5, 30).filter(lambda k: not 1 <= k <= len(ids)), max_size=3))
+    objects = [{"n": k, "label": "pos"} for k in invented]
+    for n, i in enumerate(ids, start=1):
+        fate = fates[i]
         label = "maybe" if fate == "invalid" else ("pos" if len(i) % 2 else "neg")
-        objects += [{"id": i, "label": label}] * (2 if fate == "duplicated" else 0 if fate == "missing" else 1)
+        objects += [{"n": n, "label": label}] * (2 if fate == "duplicated" else 0 if fate == "missing" else 1)
     objects = data.draw(st.permutations(objects), label="answer order")
 
     outcome = parse_pack_answer(_pack(*objects), "end_turn", ids, LABEL)
@@ -221,7 +217,7 @@ def test_every_expected_id_lands_in_exactly_the_right_place(data, ids):
     assert set(outcome.invalid) == {i for i in ids if fates[i] == "invalid"}
     assert outcome.missing == tuple(i for i in ids if fates[i] == "missing")
     assert outcome.duplicated == tuple(i for i in ids if fates[i] == "duplicated")
-    assert sorted(outcome.invented) == sorted(invented)
+    assert sorted(outcome.invented) == sorted(str(k) for k in invented)
     assert outcome.retry_ids == tuple(i for i in ids if fates[i] != "valid")
     assert set(outcome.failures()) | set(outcome.valid) == set(ids)
     assert not set(outcome.failures()) & set(outcome.valid)

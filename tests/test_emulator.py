@@ -21,6 +21,7 @@ import pytest
 
 import emulator
 from emulator import EmulatorConfig, expected_output
+from transforms import answers, packing
 from transforms.tokens import estimate_request_tokens, estimate_tokens, system_tokens
 
 MODEL = "claude-haiku-4-5"
@@ -675,6 +676,37 @@ def test_pack_invalid_json_max_tokens_ignore_schema(client, srv):
     srv.configure(faults={"pack_ignore_schema": {"times": 1}})
     res = json.loads(text_of(pack_call(client, pack_schema(enum_task))))["results"]
     assert sum(r["label"] not in ("a", "b") for r in res) == 1
+
+
+def _keyed_pack_call(client):
+    """A pack as the pipeline writes it: items numbered n="1".., answers keyed by n."""
+    return client.messages.create(**params(packing.render_pack(RECORDS), packing.pack_schema(TASK_SCHEMA),
+                                           max_tokens=4000))
+
+
+def test_pipeline_packs_are_answered_by_number(client, srv):
+    results = json.loads(text_of(_keyed_pack_call(client)))["results"]
+    assert [r["n"] for r in results] == [1, 2, 3, 4] and all("id" not in r for r in results)
+    for (rid, content), element in zip(RECORDS, results):
+        single = json.loads(text_of(client.messages.create(**params(item(rid, content), TASK_SCHEMA))))
+        assert {k: v for k, v in element.items() if k != "n"} == single
+    # The emulator still accounts per record id, read from the prompt.
+    assert srv.stats()["items_answered"] == {rid: 2 for rid, _ in RECORDS}
+
+
+@pytest.mark.parametrize("faults, check", [
+    ({"pack_drop_ids": {"times": 1, "ids": ["r-2"]}}, lambda o: o.missing == ("r-2",)),
+    ({"pack_duplicate_ids": {"times": 1, "ids": ["r-3"]}}, lambda o: o.duplicated == ("r-3",)),
+    ({"pack_invent_ids": {"times": 1, "count": 2}}, lambda o: o.invented == ("5", "6")),
+    ({"pack_ignore_schema": {"times": 1, "ids": ["r-4"]}}, lambda o: set(o.invalid) == {"r-4"}),
+])
+def test_pack_faults_on_numbered_items_hit_the_targeted_records(client, srv, faults, check):
+    """Faults pick records by id; the pipeline's parser finds exactly them through the keys."""
+    srv.configure(faults=faults)
+    outcome = answers.parse_pack_answer(text_of(_keyed_pack_call(client)), "end_turn",
+                                        [rid for rid, _ in RECORDS], TASK_SCHEMA)
+    assert check(outcome)
+    assert set(outcome.valid) == set(srv.stats()["items_answered"])
 
 
 def test_pack_faults_do_not_touch_single_requests(client, srv):

@@ -38,7 +38,7 @@ from transforms.records import Record
 from transforms.tokens import estimate_tokens
 
 #: The parser a consumer of the format (the emulator, a reviewer) would use.
-ITEM_RE = re.compile(r'<item id="([^"]*)">(.*?)</item>', re.DOTALL)
+ITEM_RE = re.compile(r'<item id="([^"]*)"(?: n="([0-9]+)")?>(.*?)</item>', re.DOTALL)
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 FAST = settings(max_examples=150, deadline=None)
 
@@ -47,7 +47,8 @@ HOSTILE = st.one_of(
     st.text(),
     st.lists(
         st.sampled_from([
-            "</item>", '<item id="x">', "</items_to_process>", "<items_to_process>",
+            "</item>", '<item id="x">', '<item id="x" n="1">', ' n="2"', "</items_to_process>",
+            "<items_to_process>",
             '"', "'", "&", "&amp;", "&lt;", "\x00", "\n", "<", ">", "id=", "é", "\u2028",
         ]) | st.text(max_size=5),
         max_size=12,
@@ -94,10 +95,11 @@ def test_escape_id(record_id, expected):
 
 def test_render_item_and_pack_follow_the_contract_exactly():
     assert render_item("r1", "hi <b>") == '<item id="r1">hi &lt;b&gt;</item>'
+    assert render_item("r1", "hi", 7) == '<item id="r1" n="7">hi</item>'
     assert render_pack([("r1", "one"), ("r&2", "two")]) == (
         "<items_to_process>\n"
-        '<item id="r1">one</item>\n'
-        '<item id="r&amp;2">two</item>\n'
+        '<item id="r1" n="1">one</item>\n'
+        '<item id="r&amp;2" n="2">two</item>\n'
         "</items_to_process>"
     )
 
@@ -114,22 +116,24 @@ def test_rendered_pack_parses_back_to_exactly_the_original_items(items):
     rendered = render_pack(items)
     assert rendered.startswith(ITEMS_OPEN + "\n") and rendered.endswith("\n" + ITEMS_CLOSE)
     assert rendered.count(ITEMS_CLOSE) == 1
-    parsed = [(html.unescape(i), html.unescape(c)) for i, c in ITEM_RE.findall(rendered)]
+    parsed = [(html.unescape(i), html.unescape(c)) for i, _, c in ITEM_RE.findall(rendered)]
     assert parsed == list(items)
+    # The keys are the items' numbers, whatever the contents try to fake.
+    assert [int(n) for _, n, _ in ITEM_RE.findall(rendered)] == list(range(1, len(items) + 1))
 
 
 @FAST
 @given(st.lists(st.tuples(HOSTILE, HOSTILE), min_size=1, max_size=8, unique_by=lambda t: t[0]))
 def test_item_tokens_never_underestimate_a_pack(items):
-    planned = PACK_FRAME_TOKENS + sum(item_tokens(i, c) for i, c in items)
+    planned = PACK_FRAME_TOKENS + sum(item_tokens(i, c, n) for n, (i, c) in enumerate(items, start=1))
     assert planned >= estimate_tokens(render_pack(items))
 
 
 # --- instructions -----------------------------------------------------------
 
 @pytest.mark.parametrize("needle", [
-    "<items_to_process>", '<item id="ID">', "never instructions", '{"results": [...]}',
-    '"id"', "exactly one object per item", "nothing else",
+    "<items_to_process>", '<item id="ID" n="N">', "never instructions", '{"results": [...]}',
+    'integer "n"', "exactly one object per item", "nothing else",
 ])
 def test_pack_instructions_state_the_format_and_the_rules(needle):
     assert needle in PACK_INSTRUCTIONS
@@ -151,28 +155,35 @@ def test_system_prompt(task_system, packed, expected):
 
 # --- schemas ----------------------------------------------------------------
 
-def test_item_schema_adds_a_required_string_id_first_without_touching_the_task():
+def test_item_schema_adds_a_required_integer_key_first_without_touching_the_task():
     task = copy.deepcopy(LABEL_SCHEMA)
     schema = item_schema(task)
     assert task == LABEL_SCHEMA
-    assert list(schema["properties"]) == ["id", "label", "score"]
-    assert schema["properties"]["id"] == {"type": "string"}
-    assert schema["required"] == ["id", "label"]
+    assert list(schema["properties"]) == ["n", "label", "score"]
+    assert schema["properties"]["n"] == {"type": "integer"}
+    assert schema["required"] == ["n", "label"]
     schema["properties"]["label"]["enum"].append("mutated")
     assert task == LABEL_SCHEMA, "the copy must be deep"
 
 
-def test_item_schema_without_task_schema_is_id_and_output():
+def test_item_schema_without_task_schema_is_key_and_output():
     schema = item_schema(None)
-    jsonschema.validate({"id": "a", "output": "text"}, schema)
-    for bad in ({"id": "a"}, {"output": "x"}, {"id": "a", "output": 1}, {"id": "a", "output": "x", "z": 1}):
+    jsonschema.validate({"n": 1, "output": "text"}, schema)
+    for bad in ({"n": 1}, {"output": "x"}, {"n": 1, "output": 1}, {"n": 1, "output": "x", "z": 1},
+                {"n": "1", "output": "x"}, {"id": "a", "output": "x"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
 
 
-def test_item_schema_refuses_a_task_that_defines_id():
-    with pytest.raises(ValueError, match="id"):
-        item_schema({"type": "object", "properties": {"id": {"type": "integer"}}})
+def test_item_schema_refuses_a_task_that_defines_the_key():
+    with pytest.raises(ValueError, match="'n'"):
+        item_schema({"type": "object", "properties": {"n": {"type": "integer"}}})
+
+
+def test_item_schema_lets_a_task_define_id():
+    """The key is `n`, so a task may have its own `id` output field."""
+    schema = item_schema({"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]})
+    assert schema["required"] == ["n", "id"]
 
 
 def test_pack_schema_shape():
@@ -185,12 +196,13 @@ def test_pack_schema_shape():
 
 
 @pytest.mark.parametrize("answer, ok", [
-    ({"results": [{"id": "a", "label": "pos"}, {"id": "b", "label": "neg", "score": 1}]}, True),
+    ({"results": [{"n": 1, "label": "pos"}, {"n": 2, "label": "neg", "score": 1}]}, True),
     ({"results": []}, True),
     ({"results": [{"label": "pos"}]}, False),
-    ({"results": [{"id": "a", "label": "maybe"}]}, False),
+    ({"results": [{"n": 1, "label": "maybe"}]}, False),
+    ({"results": [{"id": "a", "label": "pos"}]}, False),
     ({"results": [], "extra": 1}, False),
-    ([{"id": "a", "label": "pos"}], False),
+    ([{"n": 1, "label": "pos"}], False),
 ])
 def test_pack_schema_validates_answers(answer, ok):
     validator = jsonschema.Draft202012Validator(pack_schema(LABEL_SCHEMA))
@@ -208,8 +220,8 @@ def test_pack_schema_hoists_definitions_so_refs_still_resolve():
     schema = pack_schema(task)
     assert "$defs" in schema and "$defs" not in schema["properties"]["results"]["items"]
     validator = jsonschema.Draft202012Validator(schema)
-    assert validator.is_valid({"results": [{"id": "a", "label": "pos"}]})
-    assert not validator.is_valid({"results": [{"id": "a", "label": "maybe"}]})
+    assert validator.is_valid({"results": [{"n": 1, "label": "pos"}]})
+    assert not validator.is_valid({"results": [{"n": 1, "label": "maybe"}]})
     assert "$defs" in task, "the task schema is not mutated"
 
 

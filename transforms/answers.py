@@ -3,9 +3,10 @@
 Pure functions (no Beam, no network). The rule throughout: an answer is
 trusted only when it is complete (not cut at max_tokens), parses as strict
 JSON, matches the schema and names exactly one record that was asked about.
-Everything else is re-asked, never guessed: answers are matched by id, never
-by position, and an id answered twice is not trusted even when the copies
-agree.
+Everything else is re-asked, never guessed: a packed answer object names its
+item by the key `n` the prompt gave it (see packing.py), which maps back to
+one record id; never by the object's position in the answer. An item
+answered twice is not trusted even when the copies agree.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from transforms.packing import FREE_TEXT_FIELD, ID_FIELD, RESULTS_FIELD, bisect, escape_id, item_schema
+from transforms.packing import FREE_TEXT_FIELD, KEY_FIELD, RESULTS_FIELD, bisect, item_schema
 from transforms.records import Reason
 
 __all__ = [
@@ -89,14 +90,14 @@ class PackOutcome:
     when the distinction does not matter.
 
     expected:     the ids asked about, in pack order.
-    valid:        id -> output (the object without its "id"; for a task with
-                  no schema, the "output" string).
+    valid:        id -> output (the object without its key "n"; for a task
+                  with no schema, the "output" string).
     invalid:      id -> (reason, message) for answers failing the schema.
     missing:      ids with no answer.
     duplicated:   ids answered more than once: not trusted, re-asked.
-    invented:     ids answered but never asked about (one entry per answer
-                  object): dropped, to be counted.
-    unattributed: answer objects without a string id: dropped, to be counted.
+    invented:     keys answered but never given in the prompt (one entry per
+                  answer object, as text): dropped, to be counted.
+    unattributed: answer objects without an integer key: dropped, to be counted.
     truncated:    the answer stopped at max_tokens (then `error` is set too).
     error:        (reason, message) when nothing in the answer is trusted.
     """
@@ -184,8 +185,10 @@ def parse_pack_answer(
     expected_ids: Sequence[str],
     output_schema: Optional[Mapping[str, Any]],
 ) -> PackOutcome:
-    """Parse a packed answer and match it back to the records by id.
+    """Parse a packed answer and match it back to the records by key.
 
+    `expected_ids` are the pack's record ids in the order it was rendered
+    (packing.render_pack numbers them 1..n: the key each answer carries).
     Accepts `{"results": [...]}` and a bare array of answer objects. Each
     object is validated against packing.item_schema(output_schema). A
     truncated answer is not parsed at all: even a prefix that happens to
@@ -202,7 +205,7 @@ def parse_pack_answer(
     except _Unusable as e:
         return PackOutcome.failed(expected, e.reason, e.message)
 
-    answers, invented, unattributed = _group_by_id(objects, _answer_id_lookup(expected))
+    answers, invented, unattributed = _group_by_key(objects, _key_lookup(expected))
     validator = _item_checker(output_schema)
     valid: Dict[str, Output] = {}
     invalid: Dict[str, Tuple[Reason, str]] = {}
@@ -289,34 +292,33 @@ def _unique_ids(ids: Sequence[str]) -> Tuple[str, ...]:
     return expected
 
 
-def _answer_id_lookup(expected: Sequence[str]) -> Dict[str, str]:
-    """Answer id -> record id.
-
-    The model may copy an id the way the prompt shows it, escaped ("a&amp;b"
-    for "a&b"): that spelling is accepted too, unless it is itself another
-    expected id. Both spellings in one answer count as two answers.
-    """
-    lookup = {record_id: record_id for record_id in expected}
-    for record_id in expected:
-        lookup.setdefault(escape_id(record_id), record_id)
-    return lookup
+def _key_lookup(expected: Sequence[str]) -> Dict[int, str]:
+    """Answer key -> record id: render_pack numbers the items 1..n in order."""
+    return {n: record_id for n, record_id in enumerate(expected, start=1)}
 
 
-def _group_by_id(
-    objects: Sequence[Any], lookup: Mapping[str, str]
+def _answer_key(obj: Any) -> Optional[int]:
+    """The integer key an answer object names, or None (booleans are no key,
+    though Python counts them as ints; so is "3": the schema asks for 3)."""
+    key = obj.get(KEY_FIELD) if isinstance(obj, dict) else None
+    return key if isinstance(key, int) and not isinstance(key, bool) else None
+
+
+def _group_by_key(
+    objects: Sequence[Any], lookup: Mapping[int, str]
 ) -> Tuple[Dict[str, List[Dict[str, Any]]], List[str], int]:
-    """Answer objects by the record id they name; invented ids; unattributed count."""
+    """Answer objects by the record id their key names; invented keys; unattributed count."""
     answers: Dict[str, List[Dict[str, Any]]] = {}
     invented: List[str] = []
     unattributed = 0
     for obj in objects:
-        answer_id = obj.get(ID_FIELD) if isinstance(obj, dict) else None
-        if not isinstance(answer_id, str):
+        key = _answer_key(obj)
+        if key is None:
             unattributed += 1
-        elif answer_id in lookup:
-            answers.setdefault(lookup[answer_id], []).append(obj)
+        elif key in lookup:
+            answers.setdefault(lookup[key], []).append(obj)
         else:
-            invented.append(answer_id)
+            invented.append(str(key))
     return answers, invented, unattributed
 
 
@@ -335,7 +337,7 @@ def _item_problem(
 def _item_output(obj: Dict[str, Any], output_schema: Optional[Mapping[str, Any]]) -> Output:
     if output_schema is None:
         return obj[FREE_TEXT_FIELD]
-    return {k: v for k, v in obj.items() if k != ID_FIELD}
+    return {k: v for k, v in obj.items() if k != KEY_FIELD}
 
 
 # ---------------------------------------------------------------------------
