@@ -61,7 +61,9 @@ class SharedParams:
     """
 
     def __init__(self):
-        self._seen: Dict[str, Dict[bytes, Any]] = {key: {} for key in SHARED_KEYS}
+        # (JSON form, value) pairs, compared with ==: equal bytes compare by
+        # memcmp, where a dict would hash all 10 KB of instructions per request.
+        self._seen: Dict[str, List[Tuple[bytes, Any]]] = {key: [] for key in SHARED_KEYS}
 
     def intern(self, params: Dict[str, Any]) -> Dict[str, Any]:
         dumps = jsonutil.dumps_bytes
@@ -71,11 +73,13 @@ class SharedParams:
                 continue
             seen = self._seen[key]
             form = dumps(value)
-            known = seen.get(form)
-            if known is not None:
-                params[key] = known
-            elif len(seen) < MAX_SHARED_VALUES:
-                seen[form] = value
+            for known_form, known in seen:
+                if known_form == form:
+                    params[key] = known
+                    break
+            else:
+                if len(seen) < MAX_SHARED_VALUES:
+                    seen.append((form, value))
         return params
 
 

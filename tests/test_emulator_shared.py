@@ -44,3 +44,13 @@ def test_request_tokens_split_adds_up():
               "messages": [{"role": "user", "content": "hello there"}],
               "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
     assert shared_request_tokens(params) + messages_tokens(params) == estimate_request_tokens(params)
+
+
+def test_requests_and_items_pickle_with_every_field():
+    import pickle
+
+    from transforms.requests import Item, Request
+    item = Item("r1", "k", "sha", 12, position=3, flags=("a", "b"))
+    request = Request("cid", "pid", "k", (item,), "text", True, 300, 40, 900, attempt=2)
+    again = pickle.loads(pickle.dumps(request, pickle.HIGHEST_PROTOCOL))
+    assert again == request and again.items[0] == item and again.attempt == 2
