@@ -16,6 +16,7 @@ import hashlib
 import time
 from typing import Any, Dict, List, Tuple
 
+from emulator.memo import IdentityMemo
 from transforms.tokens import system_tokens
 
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
@@ -31,6 +32,7 @@ class CachePlan:
 class PromptCache:
     def __init__(self):
         self.entries: Dict[Tuple[str, str], float] = {}  # key -> expiry (monotonic)
+        self._breakpoints = IdentityMemo(_breakpoints)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -40,21 +42,10 @@ class PromptCache:
         plan = CachePlan()
         if not isinstance(system, list):
             return plan
-        now = time.monotonic()
-        h = hashlib.sha256()
-        breakpoints = []  # (tokens, key, ttl)
-        for i, block in enumerate(system):
-            text = str(block.get("text", "")) if isinstance(block, dict) else ""
-            h.update(len(text).to_bytes(8, "big"))
-            h.update(text.encode("utf-8", "surrogatepass"))
-            cc = block.get("cache_control") if isinstance(block, dict) else None
-            if isinstance(cc, dict) and cc.get("type", "ephemeral") == "ephemeral":
-                tokens = system_tokens(system[: i + 1])
-                if tokens >= min_tokens:
-                    ttl = TTL_SECONDS.get(str(cc.get("ttl", "5m")), 300.0) * time_scale
-                    breakpoints.append((tokens, (model, h.copy().hexdigest()), ttl))
+        breakpoints = self._breakpoints(model, system, min_tokens, time_scale)
         if not breakpoints:
             return plan
+        now = time.monotonic()
         for tokens, key, _ in reversed(breakpoints):
             if self.entries.get(key, -1.0) > now:
                 plan.read = tokens
@@ -67,3 +58,22 @@ class PromptCache:
         now = time.monotonic()
         for key, ttl in plan.keys:
             self.entries[key] = now + ttl
+
+
+def _breakpoints(model: str, system: List[Any], min_tokens: int,
+                 time_scale: float) -> List[Tuple[int, Tuple[str, str], float]]:
+    """(tokens, key, ttl) of every cacheable prefix of `system`: a pure function
+    of its arguments, hashed once per instructions object (see IdentityMemo)."""
+    h = hashlib.sha256()
+    breakpoints = []
+    for i, block in enumerate(system):
+        text = str(block.get("text", "")) if isinstance(block, dict) else ""
+        h.update(len(text).to_bytes(8, "big"))
+        h.update(text.encode("utf-8", "surrogatepass"))
+        cc = block.get("cache_control") if isinstance(block, dict) else None
+        if isinstance(cc, dict) and cc.get("type", "ephemeral") == "ephemeral":
+            tokens = system_tokens(system[: i + 1])
+            if tokens >= min_tokens:
+                ttl = TTL_SECONDS.get(str(cc.get("ttl", "5m")), 300.0) * time_scale
+                breakpoints.append((tokens, (model, h.copy().hexdigest()), ttl))
+    return breakpoints

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from emulator import answers
 from emulator.cache import CachePlan
-from transforms.tokens import estimate_request_tokens
+from emulator.memo import IdentityMemo
+from transforms.tokens import messages_tokens, shared_request_tokens
 
 
 class ApiError(Exception):
@@ -91,6 +92,16 @@ class Prepared:
         return self.total_tokens - self.cache.read
 
 
+def _shared_tokens(system: Any, output_config: Any) -> int:
+    """shared_request_tokens of params holding these two values."""
+    params = {}
+    if system is not None:
+        params["system"] = system
+    if output_config is not None:
+        params["output_config"] = output_config
+    return shared_request_tokens(params)
+
+
 def parse_request(params: Mapping[str, Any]) -> Tuple[bool, List[answers.Item]]:
     return answers.parse_items(answers.user_text(params))
 
@@ -100,6 +111,7 @@ class Engine:
 
     def __init__(self, state):
         self.state = state
+        self._shared_tokens = IdentityMemo(_shared_tokens)
 
     def prepare(self, params: Mapping[str, Any],
                 parsed: Optional[Tuple[bool, List[answers.Item]]] = None) -> Prepared:
@@ -107,8 +119,9 @@ class Engine:
         cfg = self.state.config
         model = params["model"]
         plan = self.state.cache.plan(model, params.get("system"), cfg.min_cacheable_tokens, cfg.time_scale)
-        return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None],
-                        estimate_request_tokens(params), plan)
+        # estimate_request_tokens(params), its shared part counted once per instructions object
+        tokens = self._shared_tokens(params.get("system"), params.get("output_config")) + messages_tokens(params)
+        return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None], tokens, plan)
 
     def complete(self, prep: Prepared, tier: str) -> Tuple[answers.Answer, Dict[str, Any]]:
         """Commit the cache, build the answer (pack faults apply) and its usage."""

@@ -25,7 +25,7 @@ from transforms.ratelimit import Limits
 from transforms.pubsub_source import ReadPubSubRecords, to_json_bytes
 from transforms.read import ReadRecords
 from transforms.screen import ScreenRecords
-from transforms.sinks import WriteWindowedParquet
+from transforms.sinks import WriteParquet, WriteWindowedParquet
 from transforms.requests import RequestBuilder
 from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
 from transforms.task import Task, load_task
@@ -183,10 +183,10 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
         prefix = "part-submit" if job.lifecycle == "submit" else "part"
     run_id, mode = job.run_id, job.mode
     dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
-    results | "Write results" >> beam.io.WriteToParquet(
+    results | "Write results" >> WriteParquet(
         f"{job.output}/results/{prefix}", results_schema(job.task.output_schema),
         file_name_suffix=".parquet", row_group_buffer_size=_ROW_GROUP_BYTES)
-    dead_rows | "Write dead letters" >> beam.io.WriteToParquet(
+    dead_rows | "Write dead letters" >> WriteParquet(
         f"{job.output}/dead_letter/{prefix}", DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
     return {"results": results, "dead_letter": dead_rows}
 

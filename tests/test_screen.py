@@ -399,6 +399,17 @@ def test_scan_record_covers_the_attributes_too(patterns):
     assert scan_record(NASTY_SUBJECT, patterns, fields=("subject", "missing")) == ("role-impersonation",)
 
 
+@pytest.mark.parametrize("text,expected", NASTY)
+def test_a_nasty_attribute_is_found_whichever_field_holds_it(patterns, text, expected):
+    # scan_record gates once over all the record's texts: a match in any one
+    # field, next to clean ones, must still get through the gate.
+    clean = "My kettle broke after two weeks."
+    for record in (Record("r", "k", text, {"subject": clean, "channel": "email"}),
+                   Record("r", "k", clean, {"subject": text, "channel": "email"}),
+                   Record("r", "k", clean, {"subject": clean, "channel": text, "n": 3})):
+        assert set(scan_record(record, patterns)) == expected
+
+
 def test_policies_on_one_record(patterns):
     assert screen_record(NASTY_BODY, patterns, "off") is NASTY_BODY
     assert screen_record(CLEAN, patterns, "flag") is CLEAN

@@ -145,6 +145,8 @@ _CHECKED_CLAUSES = 3
 #: Characters rare in ordinary email: anchors holding them are selective.
 _RARE = frozenset("<>{}[]|_=\\")
 _SPACES = re.compile(" {2,}")
+#: Characters below " " (a C scan; min() over the characters cost more than the rest of text_key).
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _REPEATS = tuple(op for op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT,
                                getattr(_sre_c, "POSSESSIVE_REPEAT", None)) if op is not None)
 _ZERO_WIDTH = tuple(op for op in (_sre_c.AT, _sre_c.ASSERT, _sre_c.ASSERT_NOT) if op is not None)
@@ -159,7 +161,7 @@ def text_key(text: str) -> str:
             key = key.replace("\n", " ")
         if "\t" in key:
             key = key.replace("\t", " ")
-        if key and min(key) >= " ":  # no other control character: only runs of spaces left
+        if key and _CONTROL.search(key) is None:  # no other control character: only runs of spaces left
             while "  " in key:
                 key = key.replace("  ", " ")
             return key
@@ -580,12 +582,18 @@ def scan_record(record: Record, patterns: Union[PatternSet, Iterable[Pattern]],
     else:
         patterns = tuple(patterns)
         order = tuple(p.name for p in patterns)
-    found = set(scan(record.text, patterns))
     keys = record.attrs.keys() if fields is None else fields
-    for key in keys:
-        value = record.attrs.get(key)
-        if isinstance(value, str) and value:
-            found.update(scan(value, patterns))
+    values = [value for value in map(record.attrs.get, keys) if isinstance(value, str) and value]
+    if isinstance(patterns, PatternSet) and patterns.gate is not None:
+        # One gate search per record instead of one per text: the gate finds
+        # literal words (_trie_regex), and each text's key is a substring of
+        # the joined keys, so nothing the per-text gate finds is missed here.
+        joined = "\n".join(text_key(normalize_for_scan(t)) for t in (record.text, *values) if t)
+        if patterns.gate.search(joined) is None:
+            return ()
+    found = set(scan(record.text, patterns))
+    for value in values:
+        found.update(scan(value, patterns))
     return tuple(n for n in order if n in found)
 
 

@@ -16,10 +16,13 @@ from typing import Any, Callable, Dict, List, Optional
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
-__all__ = ["WriteWindowedParquet", "window_dir"]
+__all__ = ["WriteParquet", "WriteWindowedParquet", "window_dir"]
 
 
 def window_dir(window) -> str:
@@ -70,3 +73,63 @@ class WriteWindowedParquet(beam.PTransform):
 
     def expand(self, rows):
         return rows | "Write files" >> beam.ParDo(_WriteFiles(*self._args))
+
+
+class _RowDictionariesToArrowTable(parquetio._RowDictionariesToArrowTable):
+    """Beam's row-dict -> Arrow table step, with a whole record batch converted at once.
+
+    Beam's appends each row to per-column lists field by field, asking the
+    schema for every field of every row (~35 calls per result row, the
+    largest part of writing results). This one buffers the row dicts and
+    converts each `record_batch_size` of them with RecordBatch.from_pylist;
+    the batches, their byte accounting and so the row groups are the same.
+    Same class name, so the step keeps its name ("ParDo(_RowDictionariesToArrowTable)").
+    """
+
+    def __init__(self, schema, row_group_buffer_size=64 * 1024 * 1024, record_batch_size=1000):
+        super().__init__(schema, row_group_buffer_size, record_batch_size)
+        self._rows: List[Dict[str, Any]] = []
+        #: Beam's converter raises KeyError for a row without a non-nullable field; so does this one.
+        self._required = tuple(f.name for f in schema if not f.nullable)
+
+    def process(self, row, w=beam.DoFn.WindowParam):
+        self._window = w
+        if len(self._rows) >= self._buffer_size:
+            self._flush_buffer()
+        if self._record_batches_byte_size >= self._row_group_buffer_size:
+            yield self._create_table()
+        for name in self._required:
+            row[name]  # noqa: B018 - a missing required field fails here, as in Beam's
+        self._rows.append(row)
+
+    def finish_bundle(self):
+        if self._rows:
+            self._flush_buffer()
+        if self._record_batches_byte_size > 0:
+            table = self._create_table()
+            if self._window is None or isinstance(self._window, GlobalWindow):
+                yield beam_window.GlobalWindows.windowed_value_at_end_of_window(table)
+            else:
+                yield WindowedValue(table, timestamp=self._window.end, windows=[self._window])
+
+    def _flush_buffer(self):
+        batch = pa.RecordBatch.from_pylist(self._rows, schema=self._schema)
+        self._rows = []
+        self._record_batches.append(batch)
+        self._record_batches_byte_size += sum(
+            b.size for column in batch.columns for b in column.buffers() if b is not None)
+
+
+class WriteParquet(parquetio.WriteToParquet):
+    """beam.io.WriteToParquet for row dicts, with the faster row conversion above.
+
+    Same arguments, same steps, same files; bounded input only (the streaming
+    graph writes with WriteWindowedParquet).
+    """
+
+    def expand(self, pcoll):
+        if not pcoll.is_bounded or self._schema is None:
+            return super().expand(pcoll)
+        convert = _RowDictionariesToArrowTable(self._schema, self._row_group_buffer_size,
+                                               self._record_batch_size)
+        return pcoll | beam.ParDo(convert) | beam.io.iobase.Write(self._sink)

@@ -61,7 +61,18 @@ def estimate_request_tokens(params: Mapping[str, Any]) -> int:
     plus its framing, and the output schema. Cached and uncached tokens are
     not told apart here; the caller (or the emulator) splits them.
     """
-    total = REQUEST_OVERHEAD_TOKENS + system_tokens(params.get("system"))
+    return shared_request_tokens(params) + messages_tokens(params)
+
+
+def shared_request_tokens(params: Mapping[str, Any]) -> int:
+    """The part of estimate_request_tokens that every request of a job repeats
+    (overhead, system prompt, schema): a server may count it once per value."""
+    return REQUEST_OVERHEAD_TOKENS + system_tokens(params.get("system")) + schema_tokens(params)
+
+
+def messages_tokens(params: Mapping[str, Any]) -> int:
+    """The part of estimate_request_tokens that differs per request: its messages."""
+    total = 0
     for message in params.get("messages") or ():
         total += estimate_tokens(_content_text(message.get("content"))) + MESSAGE_OVERHEAD_TOKENS
-    return total + schema_tokens(params)
+    return total
