@@ -331,12 +331,11 @@ class _CollectBatches(_ApiDoFn):
 
         The SDK's results() builds a pydantic object per line (about 0.4 ms
         each, the largest cost of a 100,000-record batch); its streaming
-        response of the same endpoint gives the raw lines at a fraction of that.
+        response of the same endpoint gives the raw bytes at a fraction of that.
         """
         with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
-            for line in response.iter_lines():
-                if line.strip():
-                    yield fastjson.loads(line)
+            for line in fastjson.jsonl_lines(response.iter_bytes()):
+                yield fastjson.loads(line)
 
     def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
                  retries: List[Request]) -> Iterator:

@@ -10,14 +10,14 @@ so the result (or the error) is what it was before.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - orjson is pinned in requirements.txt
     _orjson = None
 
-__all__ = ["loads", "dumps_bytes"]
+__all__ = ["loads", "dumps_bytes", "jsonl_lines"]
 
 
 def loads(data: bytes | str) -> Any:
@@ -39,3 +39,24 @@ def dumps_bytes(value: Any, default: Optional[Callable[[Any], Any]] = None) -> b
         except TypeError:
             pass  # e.g. an int over 64 bits, a non-str key: the standard library decides
     return json.dumps(value, ensure_ascii=False, default=default, separators=(",", ":")).encode("utf-8")
+
+
+def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank lines of a JSONL byte stream, split on b"\\n" only.
+
+    Written by hand because httpx's iter_lines() (like str.splitlines) also
+    ends a line at U+2028, U+2029 and U+0085, which JSON allows raw inside a
+    string: an answer quoting such a character would be cut in two and fail
+    to parse. Only the last, unfinished line is buffered.
+    """
+    tail = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield line
+    if tail.strip():
+        yield tail

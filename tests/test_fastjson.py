@@ -1,0 +1,42 @@
+"""Tests for transforms.fastjson: the JSONL splitter of the batch results stream."""
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transforms.fastjson import jsonl_lines, loads
+
+#: Characters str.splitlines() (and so httpx's iter_lines) treats as line ends;
+#: the first three may stand raw inside a JSON string.
+SPLITLINES_ENDS = ["\u2028", "\u2029", "\x85", "\r", "\x0b", "\x0c", "\x1c"]
+
+
+def _chunked(data: bytes, cuts):
+    """data cut at the given offsets (any order, repeats allowed)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+def test_a_raw_line_separator_inside_a_string_does_not_end_the_line():
+    lines = [{"custom_id": "a", "text": "before\u2028after\x85end\u2029"}, {"custom_id": "b", "text": "x"}]
+    data = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines).encode() + b"\n"
+    assert "\u2028" in data.decode()
+    assert [loads(line) for line in jsonl_lines([data])] == lines
+
+
+def test_blank_lines_and_a_missing_final_newline():
+    assert list(jsonl_lines([b"\n", b'{"a":1}\n\n  \n{"b"', b":2}"])) == [b'{"a":1}', b'{"b":2}']
+    assert list(jsonl_lines([])) == [] and list(jsonl_lines([b"", b"\n"])) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["custom_id", "text", "n"]),
+                                st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(SPLITLINES_ENDS)),
+                                min_size=1), max_size=8),
+       st.lists(st.integers(min_value=0), max_size=20),
+       st.booleans())
+def test_any_chunking_gives_back_exactly_the_objects(objects, cuts, ascii_only):
+    """However the stream is cut (mid-line, mid-character), every object comes back once, in order."""
+    data = b"".join(json.dumps(o, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass") + b"\n"
+                    for o in objects)
+    assert [loads(line) for line in jsonl_lines(_chunked(data, cuts))] == objects
