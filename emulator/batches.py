@@ -37,13 +37,14 @@ class BatchRequest:
     small containers; its parsed items are kept from create for processing.
     """
 
-    __slots__ = ("custom_id", "params", "parsed", "result")
+    __slots__ = ("custom_id", "params", "parsed", "result", "garbled")
 
     def __init__(self, custom_id: str, params: Any, parsed: Optional[Tuple[bool, List[Any]]] = None):
         self.custom_id = custom_id
         self.params: Any = params
         self.parsed = parsed
         self.result: Optional[Tuple] = None
+        self.garbled = False  # fault batch_result_garbled: its results line is cut in half
 
 
 #: Params values a pipeline's requests repeat (instructions, schema, model).
@@ -140,7 +141,8 @@ class Batch:
                                                      "request_id": None}}
             else:
                 result = {"type": kind}
-            yield dumps({"custom_id": req.custom_id, "result": result}) + b"\n"
+            line = dumps({"custom_id": req.custom_id, "result": result})
+            yield (line[: len(line) // 2] if req.garbled else line) + b"\n"
 
 
 class BatchStore:
@@ -360,6 +362,9 @@ class BatchStore:
         prep = engine.prepare(params, (is_pack, items))
         answer, usage = engine.complete(prep, "batch")
         state.stats.billed(ids, answer.answered_ids, usage, "batch")
+        if faults and faults.fire("batch_result_garbled", ids):
+            state.stats.fault("batch_result_garbled")
+            req.garbled = True
         req.result = (SUCCEEDED, prep.model, answer.text, answer.stop_reason, usage["input_tokens"],
                       usage["output_tokens"], usage["cache_creation_input_tokens"],
                       usage["cache_read_input_tokens"])

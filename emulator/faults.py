@@ -39,6 +39,8 @@ Fault names and their options:
     batch_item_errored  error_type=api_error   result `errored`
                         (or error_type=invalid_request_error)
     batch_item_expired                         result `expired`
+    batch_result_garbled                       answered and billed, but its
+                                               results line is cut in half
   Batch level (plain numbers, really config fields, accepted here too):
     batch_delay_s: S          a batch stays in_progress S (scaled) seconds
     batch_expire_after_s: S   a batch still processing after S ends, rest `expired`
@@ -65,7 +67,7 @@ CLIENT_ERROR_FAULTS = {
 }
 PACK_FAULTS = ("pack_drop_ids", "pack_duplicate_ids", "pack_invent_ids", "pack_invalid_json",
                "pack_max_tokens", "pack_ignore_schema")
-BATCH_ITEM_FAULTS = ("batch_item_errored", "batch_item_expired")
+BATCH_ITEM_FAULTS = ("batch_item_errored", "batch_item_expired", "batch_result_garbled")
 ALL_FAULTS = HTTP_FAULTS + PACK_FAULTS + BATCH_ITEM_FAULTS
 
 #: Options each fault accepts besides rate/times/ids, with defaults.

@@ -95,3 +95,26 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--task", "--input", "--output", "--mode", "--api-base", "--id-field", "--text-field",
                  "--pack-key-field", "--max-requests-per-batch", "--max-batch-bytes"):
         assert flag in text
+
+
+def test_unreadable_results_lines_dead_letter_their_records_not_the_job(emu, api_env, tmp_path):
+    """A results line cut in half (fault batch_result_garbled) cannot be matched to
+    its request: the job goes on, and those records land in the dead letter as
+    missing results, once each."""
+    data = tmp_path / "in.jsonl"
+    datagen.write_jsonl(str(data), 40, seed=43, customers=4)
+    emu.reset()
+    emu.configure(faults={"batch_result_garbled": {"times": 3}}, seed=5)
+    try:
+        out = tmp_path / "out"
+        assert run(_args(emu, out, input_path=str(data))) == EXIT_OK
+        stats = emu.stats()
+    finally:
+        emu.configure(faults={})
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert stats["faults_fired"]["batch_result_garbled"] == 3
+    assert len(dead) == 3 and {d["error_type"] for d in dead} == {"missing_result"}
+    assert len(results) == 37
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["batch_results_unreadable_lines"] == 3

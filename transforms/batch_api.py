@@ -234,6 +234,7 @@ class _CollectBatches(_ApiDoFn):
         self._succeeded = Metrics.counter("claude", "batch_results_succeeded")
         self._failed = Metrics.counter("claude", "batch_results_failed")
         self._unknown = Metrics.counter("claude", "batch_results_unknown_custom_id")
+        self._unreadable = Metrics.counter("claude", "batch_results_unreadable_lines")
         self._reasked = Metrics.counter("claude", "reasked_records")
         self._resubmitted = Metrics.counter("claude", "resubmitted_records")
         self._online = Metrics.counter("claude", "stragglers_sent_online")
@@ -332,10 +333,24 @@ class _CollectBatches(_ApiDoFn):
         The SDK's results() builds a pydantic object per line (about 0.4 ms
         each, the largest cost of a 100,000-record batch); its streaming
         response of the same endpoint gives the raw bytes at a fraction of that.
+        A line that is not a JSON object with a custom_id and a result is
+        counted and skipped, not fatal: its request then has no result and is
+        dead-lettered as missing, like one the batch left out.
         """
         with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
-            for line in fastjson.jsonl_lines(response.iter_bytes()):
-                yield fastjson.loads(line)
+            for n, line in enumerate(fastjson.jsonl_lines(response.iter_bytes()), start=1):
+                try:
+                    entry = fastjson.loads(line)
+                except ValueError:
+                    entry = None
+                if isinstance(entry, dict) and isinstance(entry.get("custom_id"), str) \
+                        and isinstance(entry.get("result"), dict):
+                    yield entry
+                    continue
+                self._unreadable.inc()
+                # The line's length only: its text may hold customer data.
+                _LOG.warning("batch %s: results line %d (%d bytes) is not a result; skipped",
+                             batch_id, n, len(line))
 
     def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
                  retries: List[Request]) -> Iterator:
