@@ -640,14 +640,8 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     return text.encode("utf-8", "surrogatepass")[: max_tokens * 4].decode("utf-8", "ignore")
 
 
-#: The only params an answer depends on (besides its items, parsed from the user text).
-ANSWER_PARAMS = ("max_tokens", "output_config")
-
-
 def build_answer(params: Mapping[str, Any], is_pack: bool, items: List[Item], faults=None) -> Answer:
-    """The answer to a validated Messages request (pack faults applied).
-
-    Reads only the ANSWER_PARAMS of params."""
+    """The answer to a validated Messages request (pack faults applied)."""
     schema = output_schema(params)
     max_tokens = int(params.get("max_tokens") or 1)
     ids = [it.id for it in items if it.id is not None]

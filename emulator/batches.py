@@ -7,28 +7,18 @@ realistic mix: items done before it keep their result, the rest become
 batch ends, as the API documents. Each processed request keeps only a
 compact result tuple (its params are dropped), and results are serialized
 line by line while streaming, in a seeded shuffled order.
-
-Processing decides, in request order, everything that depends on order
-(validation, batch item faults, the prompt cache, pack faults). Without
-pack faults the answer text is a pure function of the request, so it is
-built when its results line is first streamed (or when the stats are read),
-not on the event loop that is reading the next create body. Billing (the
-stats) happens in processing order all the same: see BatchStore.settle.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import re
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from emulator import jsonutil
 from emulator.jsonutil import gc_paused
-from emulator import answers
-from emulator.engine import ApiError, Engine, Prepared, invalid, message_body, parse_request, validate_params
-from emulator.faults import PACK_FAULTS
+from emulator.engine import ApiError, Engine, invalid, message_body, parse_request, validate_params
 from emulator.timeutil import new_id, rfc3339
 
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -47,7 +37,7 @@ class BatchRequest:
     small containers; its parsed items are kept from create for processing.
     """
 
-    __slots__ = ("custom_id", "params", "parsed", "result", "garbled", "pending", "bill")
+    __slots__ = ("custom_id", "params", "parsed", "result", "garbled")
 
     def __init__(self, custom_id: str, params: Any, parsed: Optional[Tuple[bool, List[Any]]] = None):
         self.custom_id = custom_id
@@ -55,10 +45,6 @@ class BatchRequest:
         self.parsed = parsed
         self.result: Optional[Tuple] = None
         self.garbled = False  # fault batch_result_garbled: its results line is cut in half
-        #: A succeeded request whose answer is not built yet (Pending; BatchStore.answer builds it).
-        self.pending: Optional[Tuple] = None
-        #: (ids, answered ids) of an answered request not billed yet (BatchStore.settle).
-        self.bill: Optional[Tuple[List[str], List[str]]] = None
 
 
 #: Params values a pipeline's requests repeat (instructions, schema, model).
@@ -135,16 +121,14 @@ class Batch:
         }
 
     # -- results
-    def result_lines(self, answer: Callable[[BatchRequest], Tuple]) -> Iterator[bytes]:
-        """The JSONL lines, generated one at a time, in a seeded shuffled order.
-
-        answer(request) is the result tuple of a request whose answer is not built yet."""
+    def result_lines(self) -> Iterator[bytes]:
+        """The JSONL lines, generated one at a time, in a seeded shuffled order."""
         order = list(range(len(self.requests)))
         random.Random(self.order_seed).shuffle(order)
         dumps = jsonutil.dumps_bytes
         for j in order:
             req = self.requests[j]
-            r = req.result if req.pending is None else answer(req)
+            r = req.result
             kind = r[0]
             if kind == SUCCEEDED:
                 _, model, text, stop, tin, tout, tcc, tcr = r
@@ -168,53 +152,12 @@ class BatchStore:
         self.state = state
         self.batches: Dict[str, Batch] = {}
         self.seq = 0
-        #: Succeeded requests not billed yet, in the order they were processed.
-        self._unbilled: Deque[BatchRequest] = collections.deque()
 
     def clear(self) -> None:
         for b in self.batches.values():
             if b.task is not None:
                 b.task.cancel()
         self.batches.clear()
-        self._unbilled.clear()
-
-    # -- answers and billing
-    def answer(self, req: BatchRequest) -> Tuple:
-        """The result tuple of a succeeded request, its answer built now if it was left for later.
-
-        Only requests processed without pack faults are left for later, so the
-        answer needs no fault (and fires none): it is what processing would have built.
-        """
-        pending = req.pending
-        if pending is not None:
-            req.pending = None
-            params, is_pack, items, ids, model, tin, tcc, tcr = pending
-            answer = answers.build_answer(params, is_pack, items)
-            req.bill = (ids, answer.answered_ids)
-            req.result = (SUCCEEDED, model, answer.text, answer.stop_reason, tin, answer.output_tokens, tcc, tcr)
-        return req.result
-
-    def settle(self) -> None:
-        """Bill every processed request not billed yet, in processing order.
-
-        Called before anything reads or adds to the billing stats (a stats
-        snapshot, a Messages call's bill), so items_answered, duplicates_billed
-        and the token totals are exactly what billing each request as it was
-        processed gives.
-        """
-        queue = self._unbilled
-        if not queue:
-            return
-        billed = self.state.stats.billed
-        with gc_paused():  # as in _process: per-answer garbage is acyclic
-            while queue:
-                req = queue.popleft()
-                _, _, _, _, tin, tout, tcc, tcr = self.answer(req)
-                ids, answered = req.bill
-                req.bill = None
-                billed(ids, answered, {"input_tokens": tin, "output_tokens": tout,
-                                       "cache_creation_input_tokens": tcc, "cache_read_input_tokens": tcr},
-                       "batch")
 
     def get(self, batch_id: str) -> Batch:
         b = self.batches.get(batch_id)
@@ -417,31 +360,11 @@ class BatchStore:
                 return
         engine: Engine = state.engine
         prep = engine.prepare(params, (is_pack, items))
-        if faults.has_any(PACK_FAULTS):
-            # Pack faults fire in processing order: answer now.
-            answer, usage = engine.complete(prep, "batch")
-            req.bill = (ids, answer.answered_ids)
-            req.result = (SUCCEEDED, prep.model, answer.text, answer.stop_reason, usage["input_tokens"],
-                          usage["output_tokens"], usage["cache_creation_input_tokens"],
-                          usage["cache_read_input_tokens"])
-        else:
-            state.cache.commit(prep.cache)  # what engine.complete does first, in processing order
-            req.pending = _pending(prep, ids)
-            req.result = (SUCCEEDED,)  # counted as such; self.answer completes it
-        self._unbilled.append(req)
+        answer, usage = engine.complete(prep, "batch")
+        state.stats.billed(ids, answer.answered_ids, usage, "batch")
         if faults and faults.fire("batch_result_garbled", ids):
             state.stats.fault("batch_result_garbled")
             req.garbled = True
-
-
-def _pending(prep: Prepared, ids: List[str]) -> Tuple:
-    """What answering a prepared request later needs, and nothing more.
-
-    Held for every request of a batch until its results are streamed: a flat
-    tuple with only the params an answer reads keeps the objects the cyclic
-    GC walks per request few (the full params, Prepared and CachePlan are freed).
-    """
-    params = {k: prep.params[k] for k in answers.ANSWER_PARAMS if k in prep.params}
-    cache = prep.cache
-    return (params, prep.is_pack, prep.items, ids, prep.model,
-            prep.total_tokens - cache.read - cache.create, cache.create, cache.read)
+        req.result = (SUCCEEDED, prep.model, answer.text, answer.stop_reason, usage["input_tokens"],
+                      usage["output_tokens"], usage["cache_creation_input_tokens"],
+                      usage["cache_read_input_tokens"])

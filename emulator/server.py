@@ -243,7 +243,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
     state.limiter.charge_output(model, answer.output_tokens)
     transport = request.transport
     delivered = transport is not None and not transport.is_closing()
-    state.batches.settle()  # batch requests processed before this call are billed before it
     state.stats.billed(ids, answer.answered_ids if delivered else (), usage, "standard")
     state.stats.messages_succeeded += 1
     msg = message_body(new_id("msg_"), model, answer.text, answer.stop_reason, usage)
@@ -312,7 +311,7 @@ async def batch_results(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-jsonl"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    lines = batch.result_lines(state.batches.answer)
+    lines = batch.result_lines()
     while True:
         buf = []
         size = 0
@@ -360,7 +359,6 @@ async def control_config(request: web.Request) -> web.Response:
 
 
 def snapshot(state: State, items: bool = True) -> Dict[str, Any]:
-    state.batches.settle()  # bill what batches processed (answers left for their results)
     out = state.stats.snapshot(items=items)
     out["batches_in_progress"] = sum(1 for b in state.batches.batches.values() if b.status != "ended")
     return out

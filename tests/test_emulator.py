@@ -765,47 +765,6 @@ def test_duplicates_billed(client, srv):
     assert s["tokens"]["batch"]["input_tokens"] == estimate_request_tokens(reqs[0]["params"])
 
 
-def _mixed_run(client, srv, faults):
-    """Batches and Messages calls sharing records (duplicates, a truncated answer),
-    with the stats read before and after results are streamed."""
-    srv.configure(faults=faults)
-    a, b, c, d = RECORDS
-    first = [{"custom_id": "a", "params": params(item(*a), TASK_SCHEMA)},
-             {"custom_id": "b-short", "params": params(item(*b), TASK_SCHEMA, max_tokens=3)},
-             {"custom_id": "pack", "params": params(pack([c, d]), pack_schema(TASK_SCHEMA), max_tokens=4000)}]
-    one = wait_ended(client, client.messages.batches.create(requests=first).id)
-    client.messages.create(**params(item(*a)))  # a again: billed after the batch's a
-    client.messages.create(**params(item(*c), max_tokens=2))  # cut off: a duplicate only after the pack
-    again = [{"custom_id": "b", "params": params(item(*b), TASK_SCHEMA)},
-             {"custom_id": "c", "params": params(item(*c))}]
-    two = wait_ended(client, client.messages.batches.create(requests=again).id)
-    before = srv.stats()
-    # The later batch's results first; each batch's in custom_id order (their
-    # shuffle is seeded by the batch's sequence number, which a reset keeps).
-    results = [sorted((r.custom_id, r.result.to_dict()) for r in client.messages.batches.results(b_id))
-               for b_id in (two.id, one.id)]
-    after = srv.stats()
-    for s in (before, after):
-        s.pop("requests")
-        s.pop("faults_fired")
-    for batch in results:
-        for _, r in batch:
-            r["message"].pop("id")
-    return before, after, results
-
-
-def test_answers_left_for_the_results_bill_as_if_built_when_processed(client, srv):
-    """Without pack faults a batch's answers are built when streamed; the stats and
-    results are those of answering at processing time (forced here by a pack fault
-    that never fires)."""
-    eager = _mixed_run(client, srv, {"pack_drop_ids": 0.0})
-    srv.reset()
-    lazy = _mixed_run(client, srv, {})
-    assert lazy == eager
-    before, after, _ = lazy
-    assert before == after and before["duplicates_billed"] == 3 and before["items_answered"][RECORDS[1][0]] == 1
-
-
 def test_control_endpoints_over_http(srv, client):
     client.messages.create(**params(item("h1", "hello")))
     status, _, stats = raw(srv, "GET", "/_emulator/stats", auth=False)

@@ -122,14 +122,3 @@ _PUNCT_TEXT = st.text(alphabet=st.sampled_from([chr(k) for k in answers._PUNCT_T
 def test_content_words_equals_its_definition(text):
     expected = text[:240].translate(answers._PUNCT_TO_SPACE).split()[:30]
     assert answers.content_words(text) == expected
-
-
-@pytest.mark.parametrize("schema", [None, SENTIMENT, BROAD])
-def test_an_answer_reads_only_its_answer_params(schema):
-    """The batch store keeps only ANSWER_PARAMS for answers it builds later."""
-    for r in RECORDS[:50]:
-        params = {**_params(packing.render_item(r["id"], _content(r)), schema), "system": "be brief",
-                  "temperature": 0.5, "metadata": {"user_id": "u"}, "max_tokens": 40}
-        is_pack, items = answers.parse_items(answers.user_text(params))
-        kept = {k: params[k] for k in answers.ANSWER_PARAMS if k in params}
-        assert answers.build_answer(kept, is_pack, items) == answers.build_answer(params, is_pack, items)
