@@ -44,7 +44,18 @@ from transforms.tokens import estimate_tokens
 
 ITEM_RE = re.compile(r'<item id="([^"]*)"(?: n="([0-9]+)")?>(.*?)</item>', re.S)
 PACK_MARK = "<items_to_process>"
-_PUNCT_TO_SPACE = str.maketrans({c: " " for c in ".,;:!?\"()[]{}<>«»“”‘’*_`~|/\\#=+&"})
+_PUNCT = ".,;:!?\"()[]{}<>«»“”‘’*_`~|/\\#=+&"
+#: The definition of an item's words: its first 240 characters, these
+#: punctuation marks read as spaces, split on whitespace, at most 30.
+_PUNCT_TO_SPACE = str.maketrans({c: " " for c in _PUNCT})
+#: The same mapping for ASCII text as a bytes table: bytes.translate is ~5x
+#: faster than str.translate with a dict (which looks up every character).
+_ASCII_PUNCT_TO_SPACE = bytes.maketrans(
+    bytes(ord(c) for c in _PUNCT if c.isascii()), b" " * sum(c.isascii() for c in _PUNCT))
+#: ...and for other text one regex substitution (~2x faster than str.translate).
+_PUNCT_RE = re.compile("[" + re.escape(_PUNCT) + "]")
+_WORDS_PREFIX = 240
+_MAX_WORDS = 30
 _FILLER = ("the", "record", "describes", "a", "short", "plain", "note", "about", "its", "content")
 _MASK = (1 << 64) - 1
 _NULL_PROBABILITY = 0.2
@@ -73,8 +84,18 @@ class Item:
     @property
     def words(self) -> List[str]:
         if self._words is None:
-            self._words = self.content[:240].translate(_PUNCT_TO_SPACE).split()[:30] or list(_FILLER)
+            self._words = content_words(self.content) or list(_FILLER)
         return self._words
+
+
+def content_words(content: str) -> List[str]:
+    """content[:240].translate(_PUNCT_TO_SPACE).split()[:30], computed faster."""
+    head = content[:_WORDS_PREFIX]
+    if head.isascii():
+        spaced = head.encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii")
+    else:
+        spaced = _PUNCT_RE.sub(" ", head)
+    return spaced.split()[:_MAX_WORDS]
 
 
 def content_key(content: str) -> bytes:

@@ -40,3 +40,28 @@ def test_any_chunking_gives_back_exactly_the_objects(objects, cuts, ascii_only):
     data = b"".join(json.dumps(o, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass") + b"\n"
                     for o in objects)
     assert [loads(line) for line in jsonl_lines(_chunked(data, cuts))] == objects
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_loads_if_compact_is_a_strict_parse_or_steps_aside(value, compact):
+    """Whatever the text, loads_if_compact gives the standard library's value or NOT_COMPACT."""
+    from transforms.fastjson import NOT_COMPACT, loads_if_compact
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":") if compact else None)
+    got = loads_if_compact(text)
+    if got is not NOT_COMPACT:
+        assert got == json.loads(text) and json.dumps(got) == json.dumps(json.loads(text))
+
+
+def test_loads_if_compact_leaves_repeated_keys_nan_and_escapes_to_the_standard_library():
+    from transforms.fastjson import NOT_COMPACT, loads_if_compact
+    assert loads_if_compact('{"a":1,"b":[true,null,"é"],"c":0.52}') == {"a": 1, "b": [True, None, "é"], "c": 0.52}
+    for text in ('{"a":1,"a":2}', '{"a":NaN}', '{"a":"\\u00e9"}', '{"a": 1}', '{"a":1e5}',
+                 '{"a":"\\ud800"}', '{"a":123456789012345678901234567890}', "", "[1,"):
+        assert loads_if_compact(text) is NOT_COMPACT, text

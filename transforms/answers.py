@@ -21,6 +21,7 @@ from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
+from transforms import fastjson
 from transforms.packing import FREE_TEXT_FIELD, KEY_FIELD, RESULTS_FIELD, bisect, item_schema
 from transforms.records import Reason
 
@@ -253,6 +254,11 @@ def _load_json(text: str) -> Any:
     fenced = _FENCED.match(body)
     if fenced:
         body = fenced.group(1)
+    # Compact JSON (the emulator's answers, most models'): orjson, checked by
+    # writing it back; anything else is the standard library's to decide.
+    quick = fastjson.loads_if_compact(body)
+    if quick is not fastjson.NOT_COMPACT:
+        return quick
     try:
         return json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:
@@ -496,8 +502,18 @@ def _fast(schema: Any) -> Callable[[Any], bool]:
         checks.append(_object_check(schema.get("properties", {}), schema.get("additionalProperties", True)))
     if len(checks) == 1:
         return checks[0]
-    checks_t = tuple(checks)
-    return lambda v: all(check(v) for check in checks_t)
+    return _all_of(tuple(checks))
+
+
+def _all_of(checks: Tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
+    """all(check(v) for check in checks), as a loop: no generator per call
+    (this runs once per answer and per nested value)."""
+    def check_all(v: Any) -> bool:
+        for check in checks:
+            if not check(v):
+                return False
+        return True
+    return check_all
 
 
 def _keyword(key: str, arg: Any) -> Callable[[Any], bool]:
@@ -537,7 +553,14 @@ def _keyword(key: str, arg: Any) -> Callable[[Any], bool]:
         if not isinstance(arg, Mapping) and arg is not True:
             raise _Unsupported(key)  # a list is prefixItems' old spelling
         each = _fast(arg)
-        return lambda v: not isinstance(v, list) or all(each(x) for x in v)
+
+        def each_item(v: Any) -> bool:
+            if isinstance(v, list):
+                for x in v:
+                    if not each(x):
+                        return False
+            return True
+        return each_item
     raise _Unsupported(key)
 
 

@@ -312,13 +312,18 @@ class _CollectBatches(_ApiDoFn):
                                       f"batch {submitted.batch_id} did not end within {self._poll.timeout_s:.0f} s")
             return
         completed_at = batch.ended_at or now()
+        # One Sent per attempt number (it is frozen): all a batch's results share it.
+        sents: Dict[int, Sent] = {}
         for entry in self._results(submitted.batch_id):
             request = pending.pop(entry["custom_id"], None)
             if request is None:
                 self._unknown.inc()  # not ours, or a repeated line: never written twice
                 continue
-            sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
-                        completed_at=completed_at, attempts=request.attempt)
+            sent = sents.get(request.attempt)
+            if sent is None:
+                sent = sents[request.attempt] = Sent(
+                    batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
+                    completed_at=completed_at, attempts=request.attempt)
             yield from self._outcome(request, sent, entry["result"], carried, reasks, retries)
         if pending:
             yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
@@ -362,7 +367,7 @@ class _CollectBatches(_ApiDoFn):
                                    + usage["cache_read_input_tokens"])
             self._output_tokens.inc(usage["output_tokens"])
             res = resolve(self._ctx, request, sent, message, batch=True, carried=carried,
-                          max_reasks=self._max_reasks)
+                          max_reasks=self._max_reasks, usage=usage)
             progress.add("answered", len(res.rows) + len(res.dead))
             progress.add("cost_usd", self._ctx.prices.cost(self._ctx.model, usage, batch=True))
             self._succeeded.inc(len(res.rows))

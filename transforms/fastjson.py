@@ -17,7 +17,7 @@ try:
 except ImportError:  # pragma: no cover - orjson is pinned in requirements.txt
     _orjson = None
 
-__all__ = ["loads", "dumps_bytes", "jsonl_lines"]
+__all__ = ["loads", "loads_if_compact", "NOT_COMPACT", "dumps_bytes", "jsonl_lines"]
 
 
 def loads(data: bytes | str) -> Any:
@@ -28,6 +28,31 @@ def loads(data: bytes | str) -> Any:
         except _orjson.JSONDecodeError:
             pass  # let json accept what it accepts, or raise its own error
     return json.loads(data)
+
+
+#: What loads_if_compact returns for text it leaves to the standard library.
+NOT_COMPACT = object()
+
+
+def loads_if_compact(text: str) -> Any:
+    """The value of `text` if `text` is exactly orjson's compact form of that
+    value, else NOT_COMPACT (never raises).
+
+    For such text the value is the one a strict json.loads gives (no repeated
+    keys, no NaN): orjson keeps the last of repeated keys and accepts what
+    json would word differently, but then writing the value back cannot give
+    the same text (a key is missing, an escape or a space differs). ~5x
+    faster than json.loads with an object_pairs_hook.
+    """
+    if _orjson is None:
+        return NOT_COMPACT
+    try:
+        value = _orjson.loads(text)
+        if _orjson.dumps(value) == text.encode("utf-8"):
+            return value
+    except (ValueError, TypeError, UnicodeEncodeError):
+        pass  # a lone surrogate, an integer over 64 bits, NaN, ...: not orjson's to decide
+    return NOT_COMPACT
 
 
 def dumps_bytes(value: Any, default: Optional[Callable[[Any], Any]] = None) -> bytes:

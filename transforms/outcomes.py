@@ -53,27 +53,34 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _is_mapping(value: Any) -> bool:
+    """isinstance(value, abc.Mapping), with a plain dict (every batch result) answered
+    by the C check: an ABC check costs ~0.4 us, and this runs several times per result."""
+    return isinstance(value, dict) or isinstance(value, abc.Mapping)
+
+
 def message_text(message: Any) -> str:
     """Concatenated text blocks of an SDK Message (or its dict form)."""
-    content = message["content"] if isinstance(message, abc.Mapping) else message.content
+    content = message["content"] if _is_mapping(message) else message.content
     parts = []
     for block in content or ():
-        kind = block["type"] if isinstance(block, abc.Mapping) else block.type
+        is_map = _is_mapping(block)
+        kind = block["type"] if is_map else block.type
         if kind == "text":
-            parts.append(block["text"] if isinstance(block, abc.Mapping) else block.text)
+            parts.append(block["text"] if is_map else block.text)
     return "".join(parts)
 
 
 def usage_of(message: Any) -> Dict[str, Any]:
-    usage = message["usage"] if isinstance(message, abc.Mapping) else message.usage
-    get = usage.get if isinstance(usage, abc.Mapping) else (lambda k, d=None: getattr(usage, k, d))
+    usage = message["usage"] if _is_mapping(message) else message.usage
+    get = usage.get if _is_mapping(usage) else (lambda k, d=None: getattr(usage, k, d))
     out: Dict[str, Any] = {k: int(get(k, 0) or 0) for k in USAGE_KEYS}
     out["service_tier"] = get("service_tier", None)
     return out
 
 
 def _attr(message: Any, name: str) -> Any:
-    return message.get(name) if isinstance(message, abc.Mapping) else getattr(message, name, None)
+    return message.get(name) if _is_mapping(message) else getattr(message, name, None)
 
 
 def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, message: Any,
@@ -150,16 +157,19 @@ class Resolution:
 
 
 def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batch: bool,
-            carried: Optional[Carried] = None, max_reasks: int = 0) -> Resolution:
+            carried: Optional[Carried] = None, max_reasks: int = 0,
+            usage: Optional[Dict[str, Any]] = None) -> Resolution:
     """Sort the records of an answered request into rows, dead letters and re-asks.
 
     The request's usage is shared over all its items in proportion to their
     tokens (exact integers), and each record's share is added to what it
     consumed in earlier attempts: the `results` and `dead_letter` token
-    columns together sum exactly to what the API billed.
+    columns together sum exactly to what the API billed. `usage` is
+    usage_of(message), when the caller already has it.
     """
     carried = carried or {}
-    usage = usage_of(message)
+    if usage is None:
+        usage = usage_of(message)
     if len(request.items) == 1:
         # One item gets the whole usage: what share_usage returns, without the arithmetic.
         shares = [{k: usage[k] for k in USAGE_KEYS}]
@@ -168,7 +178,6 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
     spent = {i.record_id: add_usage(s, carried.get(i.record_id)) for i, s in zip(request.items, shares)}
     for spent_usage in spent.values():
         spent_usage["service_tier"] = usage.get("service_tier")
-    by_id = {i.record_id: i for i in request.items}
     text, stop = message_text(message), _attr(message, "stop_reason")
     out = Resolution()
 
@@ -186,6 +195,7 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
                                         spent[item.record_id], cost(item.record_id)))
         return out
 
+    by_id = {i.record_id: i for i in request.items}
     outcome = answers.parse_pack_answer(text, stop, request.record_ids, ctx.output_schema)
     out.invented = len(outcome.invented)
     for record_id, output in outcome.valid.items():
