@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,25 +40,37 @@ def _peak_mib_of(cmd, env=None):
     return data["wall"], data["rss"], data["rc"]
 
 
-def bench_batch(records: int, sizes) -> None:
+def bench_batch(records: int, sizes, repeat: int = 1) -> None:
+    """Plain pass and batch route per size, `repeat` times interleaved; the
+    median of each (the machine's load moves single runs by 10-30%)."""
     py = sys.executable
     rows = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             data = os.path.join(tmp, "in.jsonl")
             datagen.write_jsonl(data, n, seed=1)
-            plain = _peak_mib_of([py, "-m", "bench.plain", "--input", data, "--output", os.path.join(tmp, "plain")])
-            with procs.EmulatorProcess() as emu:
-                env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
-                ours = _peak_mib_of([py, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input", data,
-                                     "--output", os.path.join(tmp, "ours"), "--mode", "batch",
-                                     "--pack-key-field", "customer_id", "--api-base", emu.base_url,
-                                     "--poll-interval-s", "0.2", "--poll-max-interval-s", "1"], env=env)
-            rows.append((n, plain, ours))
-    print(f"{'records':>8} | {'plain wall s':>12} {'plain MiB':>9} | {'batch wall s':>12} {'batch MiB':>9} | ratio")
-    for n, plain, ours in rows:
+            plains, ours = [], []
+            for i in range(repeat):
+                plains.append(_peak_mib_of([py, "-m", "bench.plain", "--input", data,
+                                            "--output", os.path.join(tmp, f"plain{i}")]))
+                with procs.EmulatorProcess() as emu:
+                    env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
+                    ours.append(_peak_mib_of(
+                        [py, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input", data,
+                         "--output", os.path.join(tmp, f"ours{i}"), "--mode", "batch",
+                         "--pack-key-field", "customer_id", "--api-base", emu.base_url,
+                         "--poll-interval-s", "0.2", "--poll-max-interval-s", "1"], env=env))
+            rows.append((n, _median_run(plains), _median_run(ours), max(r[2] for r in ours)))
+    runs = f" (median of {repeat})" if repeat > 1 else ""
+    print(f"{'records':>8} | {'plain wall s':>12} {'plain MiB':>9} | {'batch wall s':>12} {'batch MiB':>9} | ratio{runs}")
+    for n, plain, ours, rc in rows:
         print(f"{n:>8} | {plain[0]:>12.1f} {plain[1]:>9.0f} | {ours[0]:>12.1f} {ours[1]:>9.0f} | "
-              f"{ours[0] / plain[0]:.2f}x{'' if ours[2] == 0 else '  (FAILED rc=%d)' % ours[2]}")
+              f"{ours[0] / plain[0]:.2f}x{'' if rc == 0 else '  (FAILED rc=%d)' % rc}")
+
+
+def _median_run(runs):
+    """(median wall s, median peak MiB) of (wall, MiB, rc) runs."""
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def bench_modes(records: int, concurrency: int, input_path: Optional[str] = None) -> None:
@@ -111,6 +124,8 @@ def main(argv=None) -> int:
     b.add_argument("--records", type=int, default=100_000)
     b.add_argument("--also", type=int, nargs="*", default=[],
                    help="extra record counts, to show memory is flat in the number of results")
+    b.add_argument("--repeat", type=int, default=1,
+                   help="runs of each side per size, interleaved; the median is printed")
     m = sub.add_parser("modes", help="the four modes side by side on the same records")
     m.add_argument("--records", type=int, default=10_000)
     m.add_argument("--concurrency", type=int, default=16)
@@ -118,7 +133,7 @@ def main(argv=None) -> int:
                    help="a JSONL file to use instead of generated records (e.g. samples/emails.jsonl)")
     args = parser.parse_args(argv)
     if args.which == "batch":
-        bench_batch(args.records, sorted(set(args.also + [args.records])))
+        bench_batch(args.records, sorted(set(args.also + [args.records])), max(1, args.repeat))
     elif args.which == "modes":
         bench_modes(args.records, args.concurrency, args.input)
     return 0
