@@ -38,6 +38,10 @@ def _rows(out):
     return results, dead
 
 
+#: Upper bound on the wait for every row to land (a failure, not a timing goal).
+LANDING_TIMEOUT_S = 420
+
+
 def _stream(pubsub, emu, tmp_path, sub, payloads, extra=()):
     """Runs the streaming job on `sub`, publishes `payloads` to its topic, waits
     (bounded) until as many rows as payloads have landed, a little longer for
@@ -53,7 +57,8 @@ def _stream(pubsub, emu, tmp_path, sub, payloads, extra=()):
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         publish(pubsub, topic, payloads)
-        deadline = time.monotonic() + 240
+        # Generous: ~60 s on an idle 2-core machine, several times that when it is shared.
+        deadline = time.monotonic() + LANDING_TIMEOUT_S
         while True:
             results, dead = _rows(out)
             if len(results) + len(dead) >= len(payloads):
