@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 import apache_beam as beam
@@ -55,11 +56,31 @@ class _WriteFiles(beam.DoFn):
             ids = sorted(str(self._id_of(r)) for r in rows)
             digest = hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:24]
             path = f"{self._directory}/{window_dir(window)}/part-{digest}.parquet"
-            table = pa.Table.from_pylist(rows, schema=self._schema)
-            with FileSystems.create(path) as f:
-                pq.write_table(table, f)
+            _write_whole(path, pa.Table.from_pylist(rows, schema=self._schema))
             self._files.inc()
         self._rows = {}
+
+
+def _write_whole(path: str, table: pa.Table) -> None:
+    """Write `table` to `path` so that no reader ever sees a part of it.
+
+    A streaming job's output is read while the job runs: a file that appears
+    empty or half written would fail (or mislead) the reader. Object stores
+    (gs://) publish an object only when its upload completes; on a local or
+    mounted disk the file is written under a hidden temporary name in the same
+    directory and renamed into place, which is atomic there.
+    """
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as f:
+            pq.write_table(table, f)
+        return
+    directory, name = path.rsplit("/", 1)
+    temporary = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    with FileSystems.create(temporary) as f:
+        pq.write_table(table, f)
+    # LocalFileSystem.rename is os.rename: atomic, and it replaces the file a
+    # retried bundle wrote before.
+    FileSystems.rename([temporary], [path])
 
 
 class WriteWindowedParquet(beam.PTransform):
