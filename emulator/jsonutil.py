@@ -12,27 +12,22 @@ import gc
 import json
 from typing import Any, Iterator
 
+from transforms.fastjson import dumps_bytes  # the pipeline's own compact writer
+
 try:  # pragma: no cover - exercised implicitly
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None
 
+__all__ = ["dumps", "dumps_bytes", "gc_paused", "loads"]
+
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON text (bytes or str)."""
+    """Parse JSON text (bytes or str). Unlike transforms.fastjson.loads, what
+    orjson refuses (NaN, ...) is an error here, as it is for the API."""
     if _orjson is not None:
         return _orjson.loads(data)
     return json.loads(data)
-
-
-def dumps_bytes(value: Any) -> bytes:
-    """Compact JSON as UTF-8 bytes."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(value)
-        except TypeError:  # e.g. an int over 64 bits: fall back below
-            pass
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def dumps(value: Any) -> str:
