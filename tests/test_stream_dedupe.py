@@ -5,6 +5,7 @@ for a window length plus the grace (so state stays bounded on a long run)."""
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import ElementEvent, TestStream
@@ -67,26 +68,21 @@ def test_ids_sharing_a_bucket_are_told_apart():
     _run(stream, [("x", "t"), ("y", "t"), ("z", "t")], ["x", "y"], buckets=1)
 
 
-def test_ids_are_dropped_after_the_idle_expiry():
+@pytest.mark.parametrize("idle_s, expected, dead", [
+    (41, [("a", "first"), ("a", "copy")], []),   # after the expiry: the copy is kept
+    (39, [("a", "first")], ["a"]),                # before it: still a duplicate
+])
+def test_ids_are_dropped_after_the_idle_expiry(idle_s, expected, dead):
     # "a" is seen at processing time 0: its ids expire at 0 + 10 s window + 30 s
     # grace. After that a copy of "a" in the same window finds no state and is
     # kept. Without the timer the ids would live forever (the copy would be
     # dead-lettered): this is what keeps the state bounded on a long run.
     stream = (TestStream().advance_watermark_to(0)
               .add_elements([_at("a", 1, "first")])
-              .advance_processing_time(41)
-              .add_elements([_at("a", 2, "after expiry")])
-              .advance_watermark_to_infinity())
-    _run(stream, [("a", "first"), ("a", "after expiry")], [])
-
-
-def test_before_the_idle_expiry_a_copy_is_still_a_duplicate():
-    stream = (TestStream().advance_watermark_to(0)
-              .add_elements([_at("a", 1, "first")])
-              .advance_processing_time(39)
+              .advance_processing_time(idle_s)
               .add_elements([_at("a", 2, "copy")])
               .advance_watermark_to_infinity())
-    _run(stream, [("a", "first")], ["a"])
+    _run(stream, expected, dead)
 
 
 def test_a_late_copy_is_still_a_duplicate_when_the_window_already_ended():
