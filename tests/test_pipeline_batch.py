@@ -118,3 +118,23 @@ def test_unreadable_results_lines_dead_letter_their_records_not_the_job(emu, api
     assert len(results) == 37
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["batch_results_unreadable_lines"] == 3
+
+
+def test_refused_batches_among_accepted_ones_dead_letter_exactly_their_records(api_env, tmp_path):
+    """Creates run on a background thread: a refusal (400) must still come back
+    as one dead letter per record of that batch, next to the batches accepted."""
+    import emulator
+    data = tmp_path / "in.jsonl"
+    datagen.write_jsonl(str(data), 4_000, seed=4)
+    out = tmp_path / "out"
+    # batches of 1,500, 1,500 and 1,000 requests; the emulator refuses over 1,200
+    with emulator.running(max_batch_requests=1_200) as emu:
+        assert run(_args(emu, out, "--max-requests-per-batch", "1500", input_path=str(data))) == EXIT_OK
+        stats = emu.stats()
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert stats["batches_created"] == 1
+    assert len(results) == 1_000 and len({r["batch_id"] for r in results}) == 1
+    assert len(dead) == 3_000
+    assert {(d["stage"], d["error_type"]) for d in dead} == {("submit", "api_error")}
+    assert all("400" in d["error_message"] for d in dead)

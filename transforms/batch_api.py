@@ -11,13 +11,16 @@ import datetime as dt
 import logging
 import pickle
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import fastjson, lifecycle, progress, registry
+from transforms import fastjson, gil, lifecycle, progress, registry
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
@@ -33,6 +36,9 @@ _TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "timeout_error"}
 #: A batch round usually ends within the hour: closer than this to --deadline,
 #: stragglers (expired / errored items) go through the Messages API instead.
 STRAGGLER_WINDOW_S = 3600.0
+#: Creates running while the next batch is built: process() waits beyond it, which bounds
+#: the requests held to about two batches while still overlapping upload and building.
+_CREATES_IN_FLIGHT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,13 @@ class _CreateBatches(_ApiDoFn):
     """(key, [Work]) -> SubmittedBatch, or every record dead-lettered on a refusal.
 
     A Work is a Request, or for packs a (Request, records) pair.
+
+    Creates run on one background thread per bundle, in arrival order: while
+    the API (or the emulator, on the same cores) reads and parses a 256 MB
+    body, this worker goes on building the next batch instead of waiting.
+    Outputs are emitted in submission order, from process() once their create
+    returns and from finish_bundle() for the rest, each in its input's window.
+    Metrics and progress are only touched on the bundle's own thread.
     """
 
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
@@ -167,8 +180,15 @@ class _CreateBatches(_ApiDoFn):
         self._created = Metrics.counter("claude", "batches_created")
         self._reused = Metrics.counter("claude", "batches_reused")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pending: Deque[Tuple[Future, Any, Any, Any, List[Request], Optional[Dict[str, Record]]]] = deque()
 
-    def process(self, element: Tuple[Any, List[Any]]) -> Iterator:
+    def start_bundle(self):
+        self._pool = None
+        self._pending = deque()
+
+    def process(self, element: Tuple[Any, List[Any]], window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam) -> Iterator:
         works = [open_work(w) for w in element[1]]
         requests = [w[0] if isinstance(w, tuple) else w for w in works]
         records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
@@ -185,8 +205,39 @@ class _CreateBatches(_ApiDoFn):
             requests = requests[:fits]
             if not requests:
                 return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-batch")
+            gil.acquire()
+        future = self._pool.submit(self._create_batch, self._builder, requests, records)
+        self._pending.append((future, window, timestamp, submitted_at, requests, records))
+        # Emit what has been created; wait for the oldest beyond _CREATES_IN_FLIGHT.
+        while self._pending and (self._pending[0][0].done() or len(self._pending) > _CREATES_IN_FLIGHT):
+            yield from self._emit(*self._pending.popleft())
+
+    def finish_bundle(self):
         try:
-            batch_id, reused, key = self._create_batch(self._builder, requests, records)
+            while self._pending:
+                yield from self._emit(*self._pending.popleft())
+        finally:
+            self._stop_pool()
+
+    def teardown(self):
+        self._stop_pool()  # a bundle that failed in process() never reached finish_bundle
+        super().teardown()
+
+    def _stop_pool(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            gil.release()
+
+    def _emit(self, future: Future, window, timestamp, submitted_at, requests: List[Request],
+              records: Optional[Dict[str, Record]]) -> Iterator:
+        """The outputs of one create, each a WindowedValue in its input's window."""
+        def windowed(value):
+            return WindowedValue(value, timestamp, (window,))
+        try:
+            batch_id, reused, key = future.result()
         except lifecycle.SubmissionPending:
             raise  # another writer is creating this very batch: let Beam retry the bundle
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
@@ -194,7 +245,7 @@ class _CreateBatches(_ApiDoFn):
             for request in requests:
                 for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
                                         describe_error(e), batch=True):
-                    yield TaggedOutput(DEAD, d)
+                    yield TaggedOutput(DEAD, windowed(d))
             return
         progress.add("submitted", sum(len(r.items) for r in requests))
         progress.add("batches_open")
@@ -207,10 +258,10 @@ class _CreateBatches(_ApiDoFn):
         if key is not None and not reused:
             # This job just wrote the requests file: the collector reads it back,
             # so all of a run's requests are not held between create and collect.
-            yield SubmittedBatch(batch_id, submitted_at, (), None, key,
-                                 requests_path=lifecycle.requests_path(self._ledger_settings.path, key))
+            yield windowed(SubmittedBatch(batch_id, submitted_at, (), None, key,
+                                          requests_path=lifecycle.requests_path(self._ledger_settings.path, key)))
             return
-        yield SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
+        yield windowed(SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key))
 
 
 class _CollectBatches(_ApiDoFn):
