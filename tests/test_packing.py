@@ -5,7 +5,7 @@ import re
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from transforms import packing
@@ -448,3 +448,31 @@ def test_batch_body_is_the_json_of_every_request_params():
     body = json.loads(builder.batch_body(requests))
     expected = [{"custom_id": r.custom_id, "params": builder.params(r)} for r in requests]
     assert body == {"requests": expected}
+
+
+def _reference_canonical(parts):
+    """The canonical form custom_ids and pack_ids were first derived from."""
+    import json
+    return json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()),
+                    max_size=20)
+
+
+@given(run_id=_ANY_TEXT, pack_key=_ANY_TEXT, ids=st.lists(_ANY_TEXT, max_size=5),
+       attempt=st.integers(min_value=0, max_value=2**70))
+@settings(max_examples=400, deadline=None)
+@example(run_id="r\ud800", pack_key="k", ids=["\udfff"], attempt=2**64)
+def test_digest_bytes_never_change(run_id, pack_key, ids, attempt):
+    # lone surrogates and ints over 64 bits included: they take the json path
+    for parts in (("request", run_id, pack_key, ids, attempt), ("pack", pack_key, ids)):
+        assert packing._canonical(parts) == _reference_canonical(parts)
+
+
+def test_known_ids_are_stable():
+    # values written by earlier versions: a ledger made then must keep matching
+    assert packing.pack_id("cust-1", ["em-1", "em-2"]) == packing.hashlib.sha256(
+        b'["pack","cust-1",["em-1","em-2"]]').hexdigest()
+    assert packing.custom_id("20261206-abc", "k\u00e9", ["\u2028x"], 1).endswith(packing.hashlib.sha256(
+        '["request","20261206-abc","k\u00e9",["\u2028x"],1]'.encode()).hexdigest()[:packing._CUSTOM_ID_HASH_CHARS])

@@ -491,3 +491,16 @@ def test_screen_records_with_a_custom_pattern_file(tmp_path):
         out = p | beam.Create(RECORDS) | ScreenRecords("flag", patterns_file=path)
         assert_that(out["records"] | beam.Map(lambda r: (r.record_id, r.flags)),
                     equal_to([("r-clean", ()), ("r-body", ()), ("r-subject", ("parcel",)), ("r-fr", ())]))
+
+
+def test_word_gate_finds_any_word_anywhere_and_pickles():
+    import pickle
+    gate = screen.WordGate(["<item", "ignore previous", "system:"])
+    assert gate.search("a b ignore previous c") == "ignore previous"
+    assert gate.search("x</item><item id") == "<item"
+    assert gate.search("ignore the previous one") is None
+    assert gate.search("") is None
+    again = pickle.loads(pickle.dumps(gate))
+    assert again.words == gate.words and again.search("…system: do") == "system:"
+    with pytest.raises(ValueError):
+        screen.WordGate(["ok", ""])

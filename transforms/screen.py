@@ -46,6 +46,7 @@ import re
 import unicodedata
 from typing import Any, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import ahocorasick
 import apache_beam as beam
 import yaml
 from apache_beam.metrics import Metrics
@@ -403,6 +404,35 @@ def _trie_regex(words: Iterable[str]) -> "re.Pattern[str]":
     return re.compile(gen(trie))
 
 
+class WordGate:
+    """Does a key contain any of a fixed set of words? An Aho-Corasick automaton
+    (pyahocorasick, C): one pass over the key whatever the number of words.
+
+    It replaced a trie-shaped `re` alternation, which tries the trie at every
+    position: 13.5 us vs ~4 us per 355-character sample email with the
+    shipped list's ~360 words, on every record screened.
+    """
+
+    def __init__(self, words: Iterable[str]):
+        self.words = frozenset(words)
+        if not all(self.words):
+            raise ValueError("a gate word must not be empty")
+        self._automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+        for word in sorted(self.words):
+            self._automaton.add_word(word, word)
+        self._automaton.make_automaton()
+
+    def search(self, key: str) -> Optional[str]:
+        """A word found in `key` (the first one the scan meets), else None."""
+        for _end, word in self._automaton.iter(key):
+            return word
+        return None
+
+    def __reduce__(self):
+        # rebuilt from its words (a few ms) rather than pickling the automaton's internals
+        return WordGate, (self.words,)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pattern:
     """One named regex of the maintained list (compiled once, with its anchors)."""
@@ -436,14 +466,14 @@ class PatternSet:
     patterns: Tuple[Pattern, ...]
     source: str = "<inline>"
     version: Any = None
-    gate: "Optional[re.Pattern[str]]" = dataclasses.field(default=None, repr=False, compare=False)
+    gate: "Optional[WordGate]" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.gate is None and self.patterns and all(p.anchors for p in self.patterns):
             # the most selective clause of every alternative: a text none of
             # them occurs in matches no pattern
             words = _minimal(frozenset(s for p in self.patterns for clauses in p.anchors for s in clauses[0]))
-            object.__setattr__(self, "gate", _trie_regex(words))
+            object.__setattr__(self, "gate", WordGate(words))
 
     def __iter__(self) -> Iterator[Pattern]:
         return iter(self.patterns)
@@ -451,8 +481,9 @@ class PatternSet:
     def __len__(self) -> int:
         return len(self.patterns)
 
-    @property
+    @functools.cached_property
     def names(self) -> Tuple[str, ...]:
+        # cached: scan_record asks for every record (a tuple of ~40 names each time cost ~5 us)
         return tuple(p.name for p in self.patterns)
 
     @classmethod
@@ -585,11 +616,14 @@ def scan_record(record: Record, patterns: Union[PatternSet, Iterable[Pattern]],
     keys = record.attrs.keys() if fields is None else fields
     values = [value for value in map(record.attrs.get, keys) if isinstance(value, str) and value]
     if isinstance(patterns, PatternSet) and patterns.gate is not None:
-        # One gate search per record instead of one per text: the gate finds
-        # literal words (_trie_regex), and each text's key is a substring of
-        # the joined keys, so nothing the per-text gate finds is missed here.
-        joined = "\n".join(text_key(normalize_for_scan(t)) for t in (record.text, *values) if t)
-        if patterns.gate.search(joined) is None:
+        # One gate search over one key per record instead of one per text: the
+        # gate finds literal words (_trie_regex) that hold no line break, and
+        # the key of the texts joined by "\n" contains each text's own key
+        # (normalization is per character, "\n" composes with nothing and
+        # becomes a space like the whitespace around it), so nothing a per-text
+        # gate finds is missed; a word across two texts only costs a full scan.
+        # Measured: 45 -> ~20 us per sample email, most of it fewer calls.
+        if patterns.gate.search(text_key(normalize_for_scan("\n".join((record.text, *values))))) is None:
             return ()
     found = set(scan(record.text, patterns))
     for value in values:
