@@ -138,3 +138,24 @@ def test_refused_batches_among_accepted_ones_dead_letter_exactly_their_records(a
     assert len(dead) == 3_000
     assert {(d["stage"], d["error_type"]) for d in dead} == {("submit", "api_error")}
     assert all("400" in d["error_message"] for d in dead)
+
+
+@pytest.mark.parametrize("mode", ["batch", "packed-batch"])
+def test_a_record_the_template_cannot_render_is_a_dead_letter(emu, api_env, tmp_path, mode):
+    """The sample template needs {subject}: records without one are dead-lettered
+    at the render stage (in batch mode while its request is built), the rest answered."""
+    rows = [{"id": f"t-{i}", "customer_id": f"c-{i % 3}", "channel": "email", "text": f"My order {i} is late."}
+            for i in range(30)]
+    for i, row in enumerate(rows):
+        if i % 7 != 0:
+            row["subject"] = f"Order {i}"
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = [a if a != "batch" else mode for a in _args(emu, out, input_path=str(data))]
+    assert run(args) == EXIT_OK
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert sorted(d["record_id"] for d in dead) == sorted(f"t-{i}" for i in range(0, 30, 7))
+    assert {(d["stage"], d["error_type"]) for d in dead} == {("render", "template_error")}
+    assert all("subject" in d["error_message"] for d in dead)
