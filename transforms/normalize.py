@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any, Mapping, Optional, Union
 
+from transforms import fastjson
 from transforms.records import DeadLetter, Reason, Record, Stage
 
 #: Default cap on a record's text: far above any email, far below the 256 MB
@@ -65,7 +66,7 @@ def parse_json_line(line: bytes, source: str) -> Union[Mapping[str, Any], DeadLe
         # A raw NUL is invalid inside a JSON string; name the real problem.
         return _dead(Reason.CONTROL_CHARACTERS, "line contains a NUL byte", line, source)
     try:
-        value = json.loads(text)
+        value = fastjson.loads(text)  # orjson where it agrees with json, else json's value or error
     except ValueError as e:
         return _dead(Reason.MALFORMED_JSON, f"line is not valid JSON: {e}", line, source)
     if not isinstance(value, dict):
@@ -77,7 +78,7 @@ def parse_json_line(line: bytes, source: str) -> Union[Mapping[str, Any], DeadLe
 def _has_surrogates(value: str) -> bool:
     # CSV files are decoded with surrogateescape so one bad byte does not
     # poison the whole file; the escaped bytes show up as lone surrogates.
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+    return not value.isascii() and any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
 def _id_of(value: Any) -> Union[str, tuple]:
@@ -127,7 +128,9 @@ def normalize_row(row: Mapping[str, Any], fields: FieldMap, source: str,
     if not text.strip():
         return dead(Reason.EMPTY_TEXT, f"field {fields.text_field!r} is empty")
     try:
-        size = len(text.encode("utf-8"))  # fails on the lone surrogates of undecodable bytes
+        # (ASCII: one byte per character, no copy.) Encoding fails on the lone
+        # surrogates of undecodable bytes.
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError:
         return dead(Reason.INVALID_UTF8, "text contains bytes that are not valid UTF-8")
     if "\x00" in text:

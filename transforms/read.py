@@ -107,6 +107,10 @@ class _KeepFirst(beam.DoFn):
 
     def process(self, element: Tuple[str, Iterable[Positioned]]) -> Iterator:
         record_id, copies = element
+        copies = list(copies)
+        if len(copies) == 1:  # nearly always: no sort, no key function
+            yield copies[0][2]
+            return
         ordered = sorted(copies, key=lambda c: (c[0], c[1]))
         yield ordered[0][2]
         for path, index, record in ordered[1:]:
