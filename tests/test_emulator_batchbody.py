@@ -100,8 +100,9 @@ def test_a_placeholder_in_the_body_is_never_taken_for_a_replaced_value():
                                        {"custom_id": "h", "params": params(2, system="\x00")}]))
     # the schema holds the instructions (replaced first): not shared with a placeholder inside
     nested = {**OUTPUT_CONFIG, "system": SYSTEM}
-    assert_same(body_bytes([{"custom_id": f"c{i}", "params": params(i, output_config=nested)} for i in range(3)]
-                           + [{"custom_id": f"z{i}", "params": params(i, system="\x00")} for i in range(3)]))
+    schemas = [{"custom_id": f"c{i}", "params": params(i, output_config=nested)} for i in range(3)]
+    nuls = [{"custom_id": f"z{i}", "params": params(i, system="\x00")} for i in range(3)]
+    assert_same(body_bytes(schemas + nuls))
 
 
 def test_a_value_nested_past_the_limit_is_parsed_where_it_stands():
