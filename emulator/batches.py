@@ -67,21 +67,24 @@ class SharedParams:
         self._seen: Dict[str, List[Tuple[bytes, Any]]] = {key: [] for key in SHARED_KEYS}
 
     def intern(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        dumps = jsonutil.dumps_bytes
         for key in SHARED_KEYS:
             value = params.get(key)
-            if value is None:
-                continue
-            seen = self._seen[key]
-            form = dumps(value)
-            for known_form, known in seen:
-                if known_form == form:
-                    params[key] = known
-                    break
-            else:
-                if len(seen) < MAX_SHARED_VALUES:
-                    seen.append((form, value))
+            if value is not None:
+                params[key] = self._interned(self._seen[key], value)
         return params
+
+    @staticmethod
+    def _interned(seen: List[Tuple[bytes, Any]], value: Any) -> Any:
+        for _, known in seen:
+            if known is value:  # shared already (emulator/batchbody.py): no need to write it out
+                return known
+        form = jsonutil.dumps_bytes(value)
+        for known_form, known in seen:
+            if known_form == form:
+                return known
+        if len(seen) < MAX_SHARED_VALUES:
+            seen.append((form, value))
+        return value
 
 
 class Batch:

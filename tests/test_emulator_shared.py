@@ -54,3 +54,13 @@ def test_requests_and_items_pickle_with_every_field():
     request = Request("cid", "pid", "k", (item,), "text", True, 300, 40, 900, attempt=2)
     again = pickle.loads(pickle.dumps(request, pickle.HIGHEST_PROTOCOL))
     assert again == request and again.items[0] == item and again.attempt == 2
+
+
+def test_a_value_shared_already_is_kept_without_being_compared_again(monkeypatch):
+    from emulator import jsonutil
+    shared = SharedParams()
+    system = [{"type": "text", "text": "x" * 5000}]
+    first = shared.intern({"system": system})
+    monkeypatch.setattr(jsonutil, "dumps_bytes", lambda value: 1 / 0)  # never written out again
+    again = shared.intern({"system": system})
+    assert first["system"] is again["system"] is system
