@@ -16,11 +16,13 @@ import gzip
 import hashlib
 import json
 import logging
+import operator
 import os
 import socket
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import fastjson
@@ -41,37 +43,125 @@ class SubmissionPending(RuntimeError):
     """Another writer is creating this very batch right now; retry later."""
 
 
+#: The one ASCII character json escapes (as \\u007f) and orjson writes raw.
+_DEL = b"\x7f"
+
+
 def params_digest(builder: RequestBuilder, requests: Sequence[Request]) -> str:
     """Everything that decides what a batch asks: the shared prompt and model,
     and per request its custom_id, max_tokens and content hashes. Two runs
-    whose records changed text under the same ids do not share a batch."""
+    whose records changed text under the same ids do not share a batch.
+
+    The value is part of every ledger key: it is the sha256 of the same
+    bytes it always was (see _digest_line), or no rerun would find its batch."""
     h = hashlib.sha256()
-    h.update(json.dumps([builder.task.prompt_sha256, builder.task.model, builder.prompt_cache],
-                        separators=(",", ":")).encode())
+    h.update(_digest_line([builder.task.prompt_sha256, builder.task.model, builder.prompt_cache]))
     for r in requests:
-        h.update(json.dumps([r.custom_id, r.max_tokens, [i.input_sha256 for i in r.items]],
-                            separators=(",", ":")).encode())
+        # Hashed line by line: 100,000 small orjson outputs kept for one join
+        # cost more (fresh memory for each) than the json.dumps they replace.
+        h.update(_digest_line([r.custom_id, r.max_tokens, [i.input_sha256 for i in r.items]]))
     return h.hexdigest()
+
+
+def _digest_line(value: Any) -> bytes:
+    """json.dumps(value, separators=(",", ":")).encode(), faster.
+
+    For strings and integers (custom ids are ASCII, hashes hex) orjson writes
+    the same bytes whenever its output is ASCII without DEL: json escapes
+    non-ASCII characters and DEL as \\uXXXX where orjson writes them raw.
+    Anything else is encoded by json itself. Not for floats (their text differs).
+    """
+    try:
+        line = fastjson.dumps_bytes(value)
+        if line.isascii() and _DEL not in line:
+            return line
+    except UnicodeEncodeError:
+        pass  # a lone surrogate: only json writes it (escaped)
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def requests_path(ledger_path: str, key: str) -> str:
     return f"{ledger_path.rstrip('/')}/requests/{key}.json.gz"
 
 
-_REQUEST_FIELDS = [f.name for f in dataclasses.fields(Request) if f.name != "items"]
-_ITEM_FIELDS = [f.name for f in dataclasses.fields(Item)]
+# ---------------------------------------------------------------------------
+# The requests file
+#
+# One gzipped JSON object. Written since format 2 as columns: each field of
+# Request and Item is one JSON array, so reading 100,000 requests parses a
+# few dozen arrays of strings and numbers instead of 400,000 small objects
+# (whose allocation alone set off the garbage collector's full passes over
+# the whole heap), and the Requests are built with one map() per dataclass.
+# Earlier releases wrote one object per request, and gzipped it twice (Beam's
+# FileSystems.create gzips a ".gz" path on its own): read_requests reads both.
+
+#: Layout version written by write_requests; files without one are the
+#: per-request layout of earlier releases.
+_FORMAT = 2
+#: gzip's magic number: a file of an earlier release still starts with it
+#: after its outer layer (Beam's) is removed.
+_GZIP_MAGIC = b"\x1f\x8b"
+#: Level 1: these files are written on the hot path and read once; a higher
+#: level costs several times the CPU for a few percent of size.
+_GZIP_LEVEL = 1
+
+_REQUEST_ORDER = [f.name for f in dataclasses.fields(Request)]
+_REQUEST_FIELDS = [name for name in _REQUEST_ORDER if name != "items"]
+_ITEM_ORDER = [f.name for f in dataclasses.fields(Item)]
+_ITEM_FIELDS = [name for name in _ITEM_ORDER if name != "flags"]
 _RECORD_FIELDS = [f.name for f in dataclasses.fields(Record)]
+#: Defaults of fields added later: a file written before a field existed still reads.
+_REQUEST_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Request) if f.default is not dataclasses.MISSING}
+_ITEM_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Item) if f.default is not dataclasses.MISSING}
 
 
-def _request_to_json(r: Request) -> Dict[str, Any]:
-    # Field by field, not dataclasses.asdict: that deep-copies recursively and
-    # costs seconds per 100,000 requests.
-    d = {name: getattr(r, name) for name in _REQUEST_FIELDS}
-    d["items"] = [{name: getattr(i, name) for name in _ITEM_FIELDS} for i in r.items]
-    return d
+def _request_to_columns(requests: Sequence[Request]) -> Dict[str, Any]:
+    """The requests-file body of `requests` (without records), as columns.
+
+    Item flags are nearly always empty, so they are kept sparse:
+    [[item index, [flag, ...]], ...] for the flagged items only.
+    """
+    items = [i for r in requests for i in r.items]
+    request_columns = {name: list(map(operator.attrgetter(name), requests)) for name in _REQUEST_FIELDS}
+    request_columns["item_count"] = [len(r.items) for r in requests]
+    item_columns: Dict[str, Any] = {name: list(map(operator.attrgetter(name), items)) for name in _ITEM_FIELDS}
+    item_columns["flags"] = [[n, list(i.flags)] for n, i in enumerate(items) if i.flags]
+    return {"format": _FORMAT, "requests": request_columns, "items": item_columns}
+
+
+def _request_from_columns(body: Dict[str, Any]) -> List[Request]:
+    """The Requests of a format-2 body; ValueError when its columns disagree."""
+    item_columns, request_columns = body["items"], body["requests"]
+    counts = request_columns["item_count"]
+    n_items = len(item_columns["record_id"])
+    if sum(counts) != n_items:
+        raise ValueError(f"requests file: {sum(counts)} items counted, {n_items} stored")
+    flags = [()] * n_items
+    for index, names in item_columns["flags"]:
+        flags[index] = tuple(names)
+    items = list(map(Item, *(flags if name == "flags" else _column(item_columns, name, n_items, _ITEM_DEFAULTS)
+                             for name in _ITEM_ORDER)))
+    grouped, start = [], 0
+    for count in counts:
+        grouped.append(tuple(items[start:start + count]))
+        start += count
+    return list(map(Request, *(grouped if name == "items"
+                               else _column(request_columns, name, len(counts), _REQUEST_DEFAULTS)
+                               for name in _REQUEST_ORDER)))
+
+
+def _column(columns: Dict[str, list], name: str, length: int, defaults: Dict[str, Any]) -> list:
+    """One column, checked for length; a field the file predates gets its default."""
+    values = columns.get(name)
+    if values is None and name in defaults:
+        return [defaults[name]] * length
+    if values is None or len(values) != length:
+        raise ValueError(f"requests file: column {name!r} is missing or has the wrong length")
+    return values
 
 
 def _request_from_json(d: Dict[str, Any]) -> Request:
+    """A Request of the per-request layout (files of earlier releases)."""
     items = tuple(Item(**{**i, "flags": tuple(i.get("flags") or ())}) for i in d["items"])
     return Request(**{**d, "items": items})
 
@@ -81,18 +171,29 @@ def write_requests(path: str, requests: Sequence[Request], records: Optional[Dic
     # Requests hold only strings, ints and booleans: orjson writes them as
     # json would. Records' attrs may hold anything (floats, NaN, dates), so
     # they keep json's exact form.
-    encoded = fastjson.dumps_bytes([_request_to_json(r) for r in requests], default=str)
+    encoded = fastjson.dumps_bytes(_request_to_columns(requests), default=str)
     kept = (json.dumps([{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()],
                        ensure_ascii=False, default=str).encode("utf-8") if records else b"null")
-    with FileSystems.create(path) as f:
-        # Level 1: these files are written on the hot path and read once.
-        f.write(gzip.compress(b'{"requests":' + encoded + b',"records":' + kept + b"}", 1))
+    # UNCOMPRESSED: the one gzip layer is ours (Beam's would compress it again).
+    # The records go in as one more member of the columns' object (whose last byte is "}").
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(gzip.compress(encoded[:-1] + b',"records":' + kept + b"}", _GZIP_LEVEL))
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
-    with FileSystems.open(path) as f:
-        body = fastjson.loads(gzip.decompress(f.read()))
-    requests = [_request_from_json(d) for d in body["requests"]]
+    """The requests (and packed records) of a file written by any release."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = gzip.decompress(f.read())
+    if data[:2] == _GZIP_MAGIC:
+        data = gzip.decompress(data)  # an earlier release's file: gzipped twice
+    body = fastjson.loads(data)
+    version = body.get("format")
+    if version == _FORMAT:
+        requests = _request_from_columns(body)
+    elif version is None:
+        requests = [_request_from_json(d) for d in body["requests"]]
+    else:
+        raise ValueError(f"requests file {path} has format {version!r}; this release reads up to {_FORMAT}")
     records = None
     if body.get("records"):
         records = {d["record_id"]: Record(**{**d, "flags": tuple(d.get("flags") or ())})

@@ -19,6 +19,9 @@ from transforms.requests import Item, Request
 from transforms.schema import arrow_converter
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+#: json.dumps(output, ensure_ascii=False, sort_keys=True), the `output_json` column,
+#: without building this same encoder again for every row.
+_OUTPUT_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,21 +89,23 @@ def _attr(message: Any, name: str) -> Any:
 def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, message: Any,
                output: Any, usage: Mapping[str, Any], *, batch: bool) -> Dict[str, Any]:
     """One `results/` row."""
+    # The message's fields through one accessor: the dict of a batch result, or an SDK Message.
+    field = message.get if _is_mapping(message) else (lambda name: getattr(message, name, None))
     row = {
         "record_id": item.record_id,
         "pack_key": display_pack_key(item.pack_key),
         "run_id": ctx.run_id,
-        "output_json": json.dumps(output, ensure_ascii=False, sort_keys=True) if ctx.output_schema else None,
+        "output_json": _OUTPUT_JSON.encode(output) if ctx.output_schema else None,
         "output_text": None if ctx.output_schema else (output if isinstance(output, str) else json.dumps(output)),
-        "stop_reason": _attr(message, "stop_reason"),
+        "stop_reason": field("stop_reason"),
         "mode": ctx.mode,
         "model": ctx.model,
-        "response_model": _attr(message, "model"),
+        "response_model": field("model"),
         "prompt_sha256": ctx.prompt_sha256,
         "input_sha256": item.input_sha256,
         "batch_id": sent.batch_id,
         "custom_id": request.custom_id,
-        "message_id": _attr(message, "id"),
+        "message_id": field("id"),
         "request_id": sent.request_id,
         "pack_id": request.pack_id,
         "pack_size": len(request.items),
@@ -175,9 +180,8 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
         shares = [{k: usage[k] for k in USAGE_KEYS}]
     else:
         shares = share_usage(usage, [max(1, i.tokens) for i in request.items])
-    spent = {i.record_id: add_usage(s, carried.get(i.record_id)) for i, s in zip(request.items, shares)}
-    for spent_usage in spent.values():
-        spent_usage["service_tier"] = usage.get("service_tier")
+    spent = {i.record_id: _spent(s, carried.get(i.record_id), usage.get("service_tier"))
+             for i, s in zip(request.items, shares)}
     text, stop = message_text(message), _attr(message, "stop_reason")
     out = Resolution()
 
@@ -211,6 +215,17 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
         out.reasks = plan
         out.carried = {record_id: spent[record_id] for record_id in failures}
     return out
+
+
+def _spent(share: Dict[str, int], earlier: Optional[Mapping[str, int]], service_tier: Any) -> Dict[str, Any]:
+    """A record's tokens so far: its share of this answer plus what it consumed before.
+
+    `share` (integers, a fresh dict) is used as it is when nothing was carried:
+    add_usage would only copy it.
+    """
+    spent: Dict[str, Any] = share if earlier is None else add_usage(share, earlier)
+    spent["service_tier"] = service_tier
+    return spent
 
 
 def failed_request(ctx: RowContext, request: Request, sent: Sent, stage: Stage, reason: Reason,
