@@ -19,6 +19,9 @@ from transforms.records import Record
 from transforms.task import Task
 from transforms.tokens import estimate_request_tokens, estimate_tokens
 
+#: json.dumps(a_str) without json.dumps's Python-level dispatch (same C function, same text).
+_json_string = json.encoder.encode_basestring_ascii
+
 #: Smallest prefix the API caches for most models; shorter ones are silently
 #: not cached, so marking them would only add noise. Configurable per run.
 DEFAULT_CACHE_MIN_TOKENS = 1024
@@ -176,7 +179,7 @@ class RequestBuilder:
                 head = shared[request.packed] = json.dumps(params, separators=(",", ":"))[1:-1].encode()
             parts += [b',{"custom_id":' if n else b'{"custom_id":', json.dumps(request.custom_id).encode(),
                       b',"params":{', head, b',"max_tokens":', str(request.max_tokens).encode(),
-                      b',"messages":[{"role":"user","content":', json.dumps(request.user_text).encode(),
+                      b',"messages":[{"role":"user","content":', _json_string(request.user_text).encode(),
                       b"}]}}"]
         parts.append(b"]}")
         return BatchBody(parts)
@@ -232,10 +235,9 @@ class RequestBuilder:
 
     def _request(self, records: Sequence[Record], contents: Sequence[str], *, packed: bool,
                  max_tokens: int, shared: Optional[Tuple[int, int]], attempt: int = 1) -> Request:
-        keys = {r.pack_key for r in records}
-        if len(keys) != 1:
-            raise ValueError(f"a request must hold one pack key, got {len(keys)}")
         pack_key = records[0].pack_key
+        if len(records) > 1 and any(r.pack_key != pack_key for r in records):
+            raise ValueError(f"a request must hold one pack key, got {len({r.pack_key for r in records})}")
         ids = [r.record_id for r in records]
         items = tuple(Item(r.record_id, pack_key, sha256_text(c), estimate_tokens(c), pos, tuple(r.flags))
                       for pos, (r, c) in enumerate(zip(records, contents)))
@@ -244,8 +246,9 @@ class RequestBuilder:
         else:
             user_text = packing.render_item(ids[0], contents[0])
         shared_bytes, shared_tokens = shared or self._shared_size(packed)
-        # json.dumps escapes non-ASCII, so this is the byte size the SDK will send.
-        user_bytes = len(json.dumps(user_text))
+        # The user text as the batch body writes it (json.dumps: non-ASCII
+        # escaped), so this is the byte size sent; json's own C encoder.
+        user_bytes = len(_json_string(user_text))
         return Request(
             custom_id=packing.custom_id(self.run_id, pack_key, ids, attempt - 1),
             pack_id=packing.pack_id(pack_key, ids),
