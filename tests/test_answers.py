@@ -296,6 +296,28 @@ def test_fast_check_agrees_on_answer_shaped_objects(instance):
     assert fast(instance) == jsonschema.Draft202012Validator(SENTIMENT).is_valid(instance)
 
 
+#: Keywords with and without a `type` that implies their own type test (which
+#: the fast check then leaves out), the type written last, and untyped ones.
+_TYPED_AND_UNTYPED = [
+    {"maxLength": 3, "minimum": 0, "required": ["a"], "maxItems": 1, "items": {"exclusiveMaximum": 2}},
+    {"maximum": 5, "minLength": 1, "type": "integer", "exclusiveMinimum": -3},
+    {"minItems": 1, "items": {"type": "number", "minimum": 0}, "type": "array"},
+    {"required": ["a", "b"], "type": "object", "additionalProperties": {"type": "string", "maxLength": 2}},
+    {"type": ["string", "number"], "minLength": 2, "maximum": 3},
+    {"properties": {"a": {"type": "boolean"}}, "required": ["a"]},
+    {"type": "null"},
+]
+
+
+@FAST
+@given(_JSON_VALUES.map(lambda v: {"a": v, "b": v} if isinstance(v, list) else v) | _JSON_VALUES)
+@pytest.mark.parametrize("schema", _TYPED_AND_UNTYPED)
+def test_fast_check_agrees_with_jsonschema_with_or_without_a_type(schema, instance):
+    fast = answers.compile_fast_check(schema)
+    assert fast is not None
+    assert fast(instance) == jsonschema.Draft202012Validator(schema).is_valid(instance)
+
+
 @pytest.mark.parametrize("schema", [
     {"type": "object", "properties": {"a": {"pattern": "^x"}}},
     {"anyOf": [{"type": "string"}, {"type": "null"}]},

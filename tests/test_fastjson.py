@@ -1,10 +1,11 @@
 """Tests for transforms.fastjson: the JSONL splitter of the batch results stream."""
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.fastjson import jsonl_lines, loads
+from transforms.fastjson import dumps_sorted, jsonl_lines, loads
 
 #: Characters str.splitlines() (and so httpx's iter_lines) treats as line ends;
 #: the first three may stand raw inside a JSON string.
@@ -65,3 +66,15 @@ def test_loads_if_compact_leaves_repeated_keys_nan_and_escapes_to_the_standard_l
     for text in ('{"a":1,"a":2}', '{"a":NaN}', '{"a":"\\u00e9"}', '{"a": 1}', '{"a":1e5}',
                  '{"a":"\\ud800"}', '{"a":123456789012345678901234567890}', "", "[1,"):
         assert loads_if_compact(text) is NOT_COMPACT, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES | st.floats() | st.integers() | st.text(alphabet=st.characters(codec="utf-8")))
+def test_dumps_sorted_is_json_dumps_sorted(value):
+    """Every JSON value (and NaN, infinities, integers over 64 bits) gives json.dumps's exact text."""
+    assert dumps_sorted(value) == json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def test_dumps_sorted_refuses_what_json_dumps_refuses():
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps_sorted({"a": object()})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import operator
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -488,26 +489,58 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: Keyword -> the type its check tests first ("applies only to numbers", ...).
+#: Under a schema whose single `type` implies that one, the test is left out:
+#: the type test runs first and has made it.
+_GUARDED_BY = {
+    "minimum": "number", "maximum": "number", "exclusiveMinimum": "number", "exclusiveMaximum": "number",
+    "minLength": "string", "maxLength": "string", "minItems": "array", "maxItems": "array",
+    "items": "array", "required": "object", "properties": "object", "additionalProperties": "object"}
+#: A `type` -> the guard its test implies (an integer is a number).
+_IMPLIED_GUARD = {"number": "number", "integer": "number", "string": "string", "array": "array",
+                  "object": "object"}
+#: A numeric bound -> partial(op, bound)(v), i.e. `bound op v`: one C call, no Python frame.
+_BOUND_OPS = {"minimum": operator.le, "maximum": operator.ge,
+              "exclusiveMinimum": operator.lt, "exclusiveMaximum": operator.gt}
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
 def _fast(schema: Any) -> Callable[[Any], bool]:
     if schema is True or schema == {}:
-        return lambda v: True
+        return _always
     if not isinstance(schema, Mapping):
         raise _Unsupported(schema)
+    kind = schema.get("type")
+    known = _IMPLIED_GUARD.get(kind) if isinstance(kind, str) else None
     checks: List[Callable[[Any], bool]] = []
     for key, arg in schema.items():
-        if key in _ANNOTATION_KEYWORDS or key in ("properties", "additionalProperties"):
-            continue  # objects are compiled together below
-        checks.append(_keyword(key, arg))
+        if key in _ANNOTATION_KEYWORDS or key in ("type", "properties", "additionalProperties"):
+            continue  # the type test goes first and objects are compiled together, below
+        checks.append(_keyword(key, arg, guarded=_GUARDED_BY.get(key) != known))
     if "properties" in schema or "additionalProperties" in schema:
-        checks.append(_object_check(schema.get("properties", {}), schema.get("additionalProperties", True)))
-    if len(checks) == 1:
-        return checks[0]
-    return _all_of(tuple(checks))
+        checks.append(_object_check(schema.get("properties", {}), schema.get("additionalProperties", True),
+                                    guarded=known != "object"))
+    if "type" in schema:
+        checks.insert(0, _keyword("type", kind, guarded=True))  # first: the unguarded checks rely on it
+    return _all_of(tuple(checks)) if checks else _always
 
 
 def _all_of(checks: Tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
-    """all(check(v) for check in checks), as a loop: no generator per call
-    (this runs once per answer and per nested value)."""
+    """all(check(v) for check in checks), in order, unrolled for the usual one
+    to three checks: no loop or generator per call (this runs once per answer
+    and per nested value)."""
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+    if len(checks) == 3:
+        first, second, third = checks
+        return lambda v: first(v) and second(v) and third(v)
+
     def check_all(v: Any) -> bool:
         for check in checks:
             if not check(v):
@@ -516,7 +549,14 @@ def _all_of(checks: Tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
     return check_all
 
 
-def _keyword(key: str, arg: Any) -> Callable[[Any], bool]:
+def _unless(applies: Callable[[Any], bool], check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """`check`, for the values it applies to; any other value passes (a keyword
+    such as maxLength says nothing about a number)."""
+    return lambda v: not applies(v) or check(v)
+
+
+def _keyword(key: str, arg: Any, *, guarded: bool) -> Callable[[Any], bool]:
+    """The check of one keyword; with guarded=False, for values known to be of its type."""
     if key == "type":
         names = [arg] if isinstance(arg, str) else arg
         if not isinstance(names, list) or not names or any(n not in _TYPE_TESTS for n in names):
@@ -534,37 +574,37 @@ def _keyword(key: str, arg: Any) -> Callable[[Any], bool]:
     if key == "required":
         if not isinstance(arg, list) or not all(isinstance(x, str) for x in arg):
             raise _Unsupported(key)
-        names = tuple(arg)
-        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
-    if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        names = frozenset(arg)
+        has_all = lambda v: v.keys() >= names  # noqa: E731 - a set comparison in C, no generator
+        return _unless(_TYPE_TESTS["object"], has_all) if guarded else has_all
+    if key in _BOUND_OPS:
         if not _is_number(arg):
             raise _Unsupported(key)
-        compare = {"minimum": lambda v: v >= arg, "maximum": lambda v: v <= arg,
-                   "exclusiveMinimum": lambda v: v > arg, "exclusiveMaximum": lambda v: v < arg}[key]
-        return lambda v: not _is_number(v) or compare(v)
+        within = functools.partial(_BOUND_OPS[key], arg)
+        return _unless(_is_number, within) if guarded else within
     if key in ("minLength", "maxLength", "minItems", "maxItems"):
         if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
             raise _Unsupported(key)
-        kind = str if key.endswith("Length") else list
         if key.startswith("min"):
-            return lambda v: not isinstance(v, kind) or len(v) >= arg
-        return lambda v: not isinstance(v, kind) or len(v) <= arg
+            fits = lambda v: len(v) >= arg  # noqa: E731
+        else:
+            fits = lambda v: len(v) <= arg  # noqa: E731
+        return _unless(_TYPE_TESTS["string" if key.endswith("Length") else "array"], fits) if guarded else fits
     if key == "items":
         if not isinstance(arg, Mapping) and arg is not True:
             raise _Unsupported(key)  # a list is prefixItems' old spelling
         each = _fast(arg)
 
         def each_item(v: Any) -> bool:
-            if isinstance(v, list):
-                for x in v:
-                    if not each(x):
-                        return False
+            for x in v:
+                if not each(x):
+                    return False
             return True
-        return each_item
+        return _unless(_TYPE_TESTS["array"], each_item) if guarded else each_item
     raise _Unsupported(key)
 
 
-def _object_check(properties: Any, additional: Any) -> Callable[[Any], bool]:
+def _object_check(properties: Any, additional: Any, *, guarded: bool) -> Callable[[Any], bool]:
     if not isinstance(properties, Mapping):
         raise _Unsupported("properties")
     subs = {name: _fast(sub) for name, sub in properties.items()}
@@ -578,8 +618,6 @@ def _object_check(properties: Any, additional: Any) -> Callable[[Any], bool]:
         raise _Unsupported("additionalProperties")
 
     def check(value: Any) -> bool:
-        if not isinstance(value, dict):
-            return True
         for name, item in value.items():
             sub = subs.get(name)
             if sub is not None:
@@ -588,7 +626,7 @@ def _object_check(properties: Any, additional: Any) -> Callable[[Any], bool]:
             elif rest is False or (rest is not None and not rest(item)):
                 return False
         return True
-    return check
+    return _unless(_TYPE_TESTS["object"], check) if guarded else check
 
 
 def _shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:

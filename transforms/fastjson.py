@@ -10,6 +10,7 @@ so the result (or the error) is what it was before.
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 try:
@@ -17,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - orjson is pinned in requirements.txt
     _orjson = None
 
-__all__ = ["loads", "loads_if_compact", "NOT_COMPACT", "dumps_bytes", "jsonl_lines"]
+__all__ = ["loads", "loads_if_compact", "NOT_COMPACT", "dumps_bytes", "dumps_sorted", "jsonl_lines"]
 
 
 def loads(data: bytes | str) -> Any:
@@ -64,6 +65,25 @@ def dumps_bytes(value: Any, default: Optional[Callable[[Any], Any]] = None) -> b
         except TypeError:
             pass  # e.g. an int over 64 bits, a non-str key: the standard library decides
     return json.dumps(value, ensure_ascii=False, default=default, separators=(",", ":")).encode("utf-8")
+
+
+#: json.dumps(., ensure_ascii=False, sort_keys=True)'s C encoder, built once:
+#: json.dumps builds one per call, with a dict for its cycle check (~1 us of
+#: ~2). Values parsed from JSON text have no cycles to check. Arguments in
+#: c_make_encoder's order: markers (None: no cycle check), default, string
+#: encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+#: None where the C accelerator is missing (then json.dumps itself is used).
+_SORTED_ENCODER = (json.encoder.c_make_encoder(None, json.JSONEncoder().default, json.encoder.encode_basestring,
+                                               None, ": ", ", ", True, False, True)
+                   if json.encoder.c_make_encoder is not None else None)
+
+
+def dumps_sorted(value: Any) -> str:
+    """json.dumps(value, ensure_ascii=False, sort_keys=True) of a value parsed
+    from JSON (no cycles, only JSON types), faster."""
+    if _SORTED_ENCODER is None:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return "".join(_SORTED_ENCODER(value, 0))
 
 
 def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -10,7 +10,7 @@ import json
 from collections import abc
 from typing import Any, Dict, List, Mapping, Optional
 
-from transforms import answers
+from transforms import answers, fastjson
 from transforms.packing import share_usage
 from transforms.costs import PriceTable
 from transforms.normalize import display_pack_key
@@ -19,9 +19,6 @@ from transforms.requests import Item, Request
 from transforms.schema import arrow_converter
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-#: json.dumps(output, ensure_ascii=False, sort_keys=True), the `output_json` column,
-#: without building this same encoder again for every row.
-_OUTPUT_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +92,7 @@ def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, messag
         "record_id": item.record_id,
         "pack_key": display_pack_key(item.pack_key),
         "run_id": ctx.run_id,
-        "output_json": _OUTPUT_JSON.encode(output) if ctx.output_schema else None,
+        "output_json": fastjson.dumps_sorted(output) if ctx.output_schema else None,
         "output_text": None if ctx.output_schema else (output if isinstance(output, str) else json.dumps(output)),
         "stop_reason": field("stop_reason"),
         "mode": ctx.mode,
@@ -176,8 +173,9 @@ def resolve(ctx: RowContext, request: Request, sent: Sent, message: Any, *, batc
     if usage is None:
         usage = usage_of(message)
     if len(request.items) == 1:
-        # One item gets the whole usage: what share_usage returns, without the arithmetic.
-        shares = [{k: usage[k] for k in USAGE_KEYS}]
+        # One item gets the whole usage: what share_usage returns, without the
+        # arithmetic (a copy: usage_of's counters, and the tier _spent sets anyway).
+        shares = [dict(usage)]
     else:
         shares = share_usage(usage, [max(1, i.tokens) for i in request.items])
     spent = {i.record_id: _spent(s, carried.get(i.record_id), usage.get("service_tier"))
