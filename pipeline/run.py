@@ -6,6 +6,7 @@ one-in-one-out promise; 2 bad usage (a flag, the task file, the input);
 but batches are still running (collect again later); 130 aborted."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
@@ -312,10 +313,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     code = run(argv)
-    if _STREAMING_THREADS_LEFT.is_set():
-        # A cancelled DirectRunner streaming job can leave non-daemon threads
-        # (the Pub/Sub reader) behind; the job is over, so leave now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    _leave(code, run_exit_handlers=not _STREAMING_THREADS_LEFT.is_set())
+
+
+def _leave(code: int, run_exit_handlers: bool = True) -> None:
+    """Exit now, without the interpreter's teardown: the job is over and every
+    file it wrote is closed. Freeing a 100,000-record run's heap object by
+    object took ~0.8 s (a twentieth of the run), and a cancelled DirectRunner
+    streaming job can leave non-daemon threads (the Pub/Sub reader) that a
+    normal exit would wait for forever; for that one case the exit handlers,
+    which may join such threads, are skipped too. Otherwise they run (logging's
+    flush among them), as in a normal exit."""
+    if run_exit_handlers:
+        atexit._run_exitfuncs()  # what sys.exit would run first; CPython has no public name for it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -159,3 +159,20 @@ def test_a_record_the_template_cannot_render_is_a_dead_letter(emu, api_env, tmp_
     assert sorted(d["record_id"] for d in dead) == sorted(f"t-{i}" for i in range(0, 30, 7))
     assert {(d["stage"], d["error_type"]) for d in dead} == {("render", "template_error")}
     assert all("subject" in d["error_message"] for d in dead)
+
+
+def test_the_command_exits_with_its_code_and_flushes_everything(emu, api_env, tmp_path):
+    """main() leaves with os._exit (no heap teardown): exit code, piped stdout and
+    stderr must still arrive whole, and logging's exit handler must still run."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "pipeline", *_args(emu, out)], capture_output=True, text=True,
+                          env=dict(os.environ, ANTHROPIC_API_KEY=api_env), timeout=300)
+    assert done.returncode == EXIT_OK, done.stderr[-3000:]
+    assert "one in, one out yes" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("  report")
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(SAMPLE, results, dead)
+    refused = subprocess.run([sys.executable, "-m", "pipeline", *_args(emu, out)], capture_output=True, text=True,
+                             env=dict(os.environ, ANTHROPIC_API_KEY=api_env), timeout=120)
+    assert refused.returncode == EXIT_USAGE and "--overwrite" in refused.stderr
