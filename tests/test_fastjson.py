@@ -2,9 +2,10 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from transforms import fastjson
 from transforms.fastjson import dumps_sorted, jsonl_lines, loads
 
 #: Characters str.splitlines() (and so httpx's iter_lines) treats as line ends;
@@ -78,3 +79,20 @@ def test_dumps_sorted_is_json_dumps_sorted(value):
 def test_dumps_sorted_refuses_what_json_dumps_refuses():
     with pytest.raises(TypeError, match="not JSON serializable"):
         dumps_sorted({"a": object()})
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()),
+                    max_size=12)
+_CANONICAL_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | _ANY_TEXT,
+    lambda children: st.lists(children, max_size=4), max_leaves=12)
+
+
+@given(value=_CANONICAL_VALUES)
+@settings(max_examples=400, deadline=None)
+@example(value=["del \x7f", "caf\u00e9", "\u2028", 2**64, "lone \ud800", True, None])
+@example(value="\x7f")
+def test_canonical_bytes_are_json_dumps_bytes_in_both_forms(value):
+    for ascii_only in (False, True):
+        expected = json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        assert fastjson.canonical_bytes(value, ascii_only=ascii_only) == expected

@@ -18,7 +18,8 @@ try:
 except ImportError:  # pragma: no cover - orjson is pinned in requirements.txt
     _orjson = None
 
-__all__ = ["loads", "loads_if_compact", "NOT_COMPACT", "dumps_bytes", "dumps_sorted", "jsonl_lines"]
+__all__ = ["loads", "loads_if_compact", "NOT_COMPACT", "dumps_bytes", "dumps_sorted", "canonical_bytes",
+           "jsonl_lines"]
 
 
 def loads(data: bytes | str) -> Any:
@@ -65,6 +66,32 @@ def dumps_bytes(value: Any, default: Optional[Callable[[Any], Any]] = None) -> b
         except TypeError:
             pass  # e.g. an int over 64 bits, a non-str key: the standard library decides
     return json.dumps(value, ensure_ascii=False, default=default, separators=(",", ":")).encode("utf-8")
+
+
+#: The one ASCII character json's ensure_ascii escapes (as \\u007f) that orjson writes raw.
+_DEL = b"\x7f"
+
+
+def canonical_bytes(value: Any, ascii_only: bool = False) -> bytes:
+    """json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")) as
+    UTF-8 (lone surrogates passed through), byte for byte, for values of
+    strings, integers, booleans, None and lists/tuples (not floats: their text
+    differs). For hashes whose values are stored (custom_ids, pack_ids,
+    ledger keys): orjson where it writes exactly those bytes, else json.
+
+    orjson writes non-ASCII characters and DEL raw, as json does without
+    ensure_ascii; with ascii_only its output is json's only when it is ASCII
+    without DEL. It refuses lone surrogates and integers over 64 bits.
+    """
+    if _orjson is not None:
+        try:
+            line = _orjson.dumps(value)
+        except TypeError:
+            pass  # orjson.JSONEncodeError is a TypeError
+        else:
+            if not ascii_only or (line.isascii() and _DEL not in line):
+                return line
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 #: json.dumps(., ensure_ascii=False, sort_keys=True)'s C encoder, built once:

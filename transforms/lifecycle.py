@@ -43,10 +43,6 @@ class SubmissionPending(RuntimeError):
     """Another writer is creating this very batch right now; retry later."""
 
 
-#: The one ASCII character json escapes (as \\u007f) and orjson writes raw.
-_DEL = b"\x7f"
-
-
 def params_digest(builder: RequestBuilder, requests: Sequence[Request]) -> str:
     """Everything that decides what a batch asks: the shared prompt and model,
     and per request its custom_id, max_tokens and content hashes. Two runs
@@ -64,20 +60,9 @@ def params_digest(builder: RequestBuilder, requests: Sequence[Request]) -> str:
 
 
 def _digest_line(value: Any) -> bytes:
-    """json.dumps(value, separators=(",", ":")).encode(), faster.
-
-    For strings and integers (custom ids are ASCII, hashes hex) orjson writes
-    the same bytes whenever its output is ASCII without DEL: json escapes
-    non-ASCII characters and DEL as \\uXXXX where orjson writes them raw.
-    Anything else is encoded by json itself. Not for floats (their text differs).
-    """
-    try:
-        line = fastjson.dumps_bytes(value)
-        if line.isascii() and _DEL not in line:
-            return line
-    except UnicodeEncodeError:
-        pass  # a lone surrogate: only json writes it (escaped)
-    return json.dumps(value, separators=(",", ":")).encode()
+    """json.dumps(value, separators=(",", ":")).encode(): the bytes hashed since
+    the first release (fastjson.canonical_bytes writes them, faster)."""
+    return fastjson.canonical_bytes(value, ascii_only=True)
 
 
 def requests_path(ledger_path: str, key: str) -> str:

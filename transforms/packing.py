@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from transforms import fastjson
 from transforms.records import Record
 from transforms.tokens import estimate_tokens
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - a pinned dependency; the json path gives the same bytes
-    _orjson = None
 
 __all__ = [
     "FREE_TEXT_FIELD",
@@ -432,17 +427,9 @@ def _digest(*parts: Any) -> str:
 
 
 def _canonical(parts: Tuple[Any, ...]) -> bytes:
-    """json.dumps(parts, ensure_ascii=False, separators=(",", ":")) as UTF-8
-    (lone surrogates passed through), byte for byte: every custom_id and
-    pack_id ever written depends on it. orjson writes the same bytes for the
-    strings, ints and lists used here, ~5x faster (pinned by a property test);
-    what it refuses (lone surrogates, ints over 64 bits) takes the old path."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(parts)
-        except TypeError:
-            pass
-    return json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    """json.dumps(parts, ensure_ascii=False, separators=(",", ":")) as UTF-8,
+    byte for byte: every custom_id and pack_id ever written depends on it."""
+    return fastjson.canonical_bytes(parts)
 
 
 def pack_id(pack_key: str, record_ids: Sequence[str]) -> str:
