@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections import abc
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from transforms import answers, fastjson
 from transforms.packing import share_usage
@@ -79,15 +79,22 @@ def usage_of(message: Any) -> Dict[str, Any]:
     return out
 
 
+def _fields(message: Any) -> Callable[[str], Any]:
+    """name -> the message's field, None when absent: for the dict of a batch
+    result or an SDK Message, told apart once for all the fields a row reads."""
+    if _is_mapping(message):
+        return message.get
+    return lambda name: getattr(message, name, None)
+
+
 def _attr(message: Any, name: str) -> Any:
-    return message.get(name) if _is_mapping(message) else getattr(message, name, None)
+    return _fields(message)(name)
 
 
 def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, message: Any,
                output: Any, usage: Mapping[str, Any], *, batch: bool) -> Dict[str, Any]:
     """One `results/` row."""
-    # The message's fields through one accessor: the dict of a batch result, or an SDK Message.
-    field = message.get if _is_mapping(message) else (lambda name: getattr(message, name, None))
+    field = _fields(message)
     row = {
         "record_id": item.record_id,
         "pack_key": display_pack_key(item.pack_key),
