@@ -113,7 +113,7 @@ class _BuildKeyedRequests(beam.DoFn):
         except TemplateError as e:
             yield TaggedOutput(DEAD, _template_dead_letter(record, e))
             return
-        yield shard_of(request, self._shards), seal_work(request)
+        yield keyed_work(request, self._shards)
 
 
 class _BuildBatchRequests(beam.DoFn):
@@ -166,6 +166,11 @@ class _PackRecords(beam.DoFn):
 def shard_of(request: Request, shards: int) -> int:
     """Stable shard of a request (crc32, not hash(): stable across processes)."""
     return zlib.crc32(request.custom_id.encode("ascii")) % shards
+
+
+def keyed_work(work, shards: int) -> _KEYED_WORK:
+    """A Work as the batcher takes it: (its request's shard, the sealed Work)."""
+    return shard_of(_request_of(work), shards), seal_work(work)
 
 
 def _request_of(work) -> Request:
@@ -247,8 +252,7 @@ def _via_batches(works, s: ProcessSettings, ctx: RowContext):
     shards = s.batch_shards
     keyed = (works
              | "Build batch requests" >> beam.ParDo(_BuildBatchRequests(s.builder, s.packed))
-             | "Key by shard" >> beam.Map(
-                 lambda w: (shard_of(_request_of(w), shards), seal_work(w))).with_output_types(_KEYED_WORK))
+             | "Key by shard" >> beam.Map(keyed_work, shards).with_output_types(_KEYED_WORK))
     return _submit_keyed(keyed, s, ctx)
 
 

@@ -140,7 +140,7 @@ Anchors = Tuple[Tuple[FrozenSet[str], ...], ...]
 #: Most strings an exact literal set may grow to (cross products of alternations).
 _EXACT_LIMIT = 1024
 #: A clause of more strings than this is checked with one WordGate pass, not `in`s.
-_TRIE_OVER = 6
+_GATE_OVER = 6
 #: Clauses checked per alternative once the gate passed (the most selective ones).
 _CHECKED_CLAUSES = 3
 #: Characters rare in ordinary email: anchors holding them are selective.
@@ -364,7 +364,7 @@ def _gate_clause(clauses: Sequence[FrozenSet[str]]) -> FrozenSet[str]:
 
 def _matcher(clause: FrozenSet[str]):
     """A clause as checked at scan time: a few strings, or one WordGate."""
-    if len(clause) > _TRIE_OVER:
+    if len(clause) > _GATE_OVER:
         return WordGate(clause)
     return tuple(sorted(clause))
 
