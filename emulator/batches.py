@@ -11,6 +11,7 @@ line by line while streaming, in a seeded shuffled order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -155,6 +156,28 @@ class BatchStore:
         self.state = state
         self.batches: Dict[str, Batch] = {}
         self.seq = 0
+        # Creates being received: batch processing waits for them (see _process).
+        self._creating = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @contextlib.contextmanager
+    def receiving(self):
+        """A create call is being read and parsed: processing yields to it.
+
+        The real API answers a create while it works through earlier batches
+        elsewhere; here both share one event loop, and processing chunks run
+        between the reads of a 256 MB body, making the create as slow as the
+        work queued before it. Processing only waits, it is never skipped.
+        """
+        self._creating += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._creating -= 1
+            if not self._creating:
+                self._quiet.set()
 
     def clear(self) -> None:
         for b in self.batches.values():
@@ -307,6 +330,9 @@ class BatchStore:
                 await self._wait(batch, due)
                 continue
             allowed = n if delay <= 0 else min(n, int(n * elapsed / delay))
+            if allowed > i and not self._quiet.is_set():
+                await self._quiet.wait()  # a create is being received: it goes first
+                continue
             if allowed > i:
                 hi = min(allowed, i + CHUNK)
                 with gc_paused():  # ~2x faster: per-item garbage is acyclic

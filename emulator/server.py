@@ -288,6 +288,11 @@ async def count_tokens(request: web.Request) -> web.Response:
 
 async def batch_create(request: web.Request) -> web.Response:
     state: State = request.app[STATE_KEY]
+    with state.batches.receiving():
+        return await _create_batch(state, request)
+
+
+async def _create_batch(state: "State", request: web.Request) -> web.Response:
     raw = await _read_body(request)
     limit = state.config.max_batch_bytes
     if len(raw) > limit:
