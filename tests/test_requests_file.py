@@ -141,3 +141,12 @@ def test_params_digest_is_the_digest_of_the_same_bytes_as_before(rows, prompt_ca
     requests = [Request(cid, "p", "k", tuple(Item("x", "k", sha, 1) for sha in shas), "t", False, max_tokens, 1, 1)
                 for cid, max_tokens, shas in rows]
     assert lifecycle.params_digest(builder, requests) == _digest_as_before(builder, requests)
+
+
+def test_a_file_url_ledger_writes_and_reads_its_requests_files_whole(tmp_path):
+    ledger = (tmp_path / "a ledger").as_uri()  # file:// with an escaped space, as open_ledger takes it
+    path = lifecycle.requests_path(ledger, "k" * 64)
+    lifecycle.write_requests(path, [V1_PACK, V1_SINGLE], None)
+    assert lifecycle.read_requests(path) == ([V1_PACK, V1_SINGLE], None)
+    written = [p.name for p in (tmp_path / "a ledger" / "requests").iterdir()]
+    assert written == ["k" * 64 + ".json.gz"]  # no partial file left beside it

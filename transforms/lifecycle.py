@@ -19,13 +19,12 @@ import logging
 import operator
 import os
 import socket
+import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
-from transforms import fastjson
+from transforms import fastjson, registry
 from transforms import ledger as ledger_mod
 from transforms.records import Record
 from transforms.requests import Item, Request, RequestBuilder
@@ -159,16 +158,13 @@ def write_requests(path: str, requests: Sequence[Request], records: Optional[Dic
     encoded = fastjson.dumps_bytes(_request_to_columns(requests), default=str)
     kept = (json.dumps([{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()],
                        ensure_ascii=False, default=str).encode("utf-8") if records else b"null")
-    # UNCOMPRESSED: the one gzip layer is ours (Beam's would compress it again).
     # The records go in as one more member of the columns' object (whose last byte is "}").
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(gzip.compress(encoded[:-1] + b',"records":' + kept + b"}", _GZIP_LEVEL))
+    _write_file(path, gzip.compress(encoded[:-1] + b',"records":' + kept + b"}", _GZIP_LEVEL))
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
     """The requests (and packed records) of a file written by any release."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = gzip.decompress(f.read())
+    data = gzip.decompress(_read_file(path))
     if data[:2] == _GZIP_MAGIC:
         data = gzip.decompress(data)  # an earlier release's file: gzipped twice
     body = fastjson.loads(data)
@@ -184,6 +180,45 @@ def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]
         records = {d["record_id"]: Record(**{**d, "flags": tuple(d.get("flags") or ())})
                    for d in body["records"]}
     return requests, records
+
+
+# A ledger lives on a local disk or on gs:// (ledger.open_ledger), and so do its
+# requests files. Written by hand rather than with Beam's FileSystems: those
+# would bring Beam and its own credential lookup into the API process, which
+# writes these files (api_process.BatchCalls.submit); the ledger's own Cloud
+# Storage client already knows the emulator and the default credentials.
+
+def _write_file(path: str, data: bytes) -> None:
+    """`data` at `path`, whole or not at all (a reader never sees part of it)."""
+    if path.startswith("gs://"):
+        _blob(path).upload_from_string(data)  # an object appears when its upload completes
+        return
+    path = _local(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}-{threading.get_ident()}"
+    with open(partial, "wb") as f:
+        f.write(data)
+    os.replace(partial, path)
+
+
+def _read_file(path: str) -> bytes:
+    if path.startswith("gs://"):
+        return _blob(path).download_as_bytes()
+    with open(_local(path), "rb") as f:
+        return f.read()
+
+
+def _local(path: str) -> str:
+    """A local path, from a plain path or a file:// URL (as ledger.open_ledger takes them)."""
+    return urllib.parse.unquote(urllib.parse.urlparse(path).path) if path.startswith("file://") else path
+
+
+def _blob(url: str):
+    bucket, _, name = url[len("gs://"):].partition("/")
+    # One client per process and emulator setting (a client per file costs an auth round).
+    client = registry.per_process(("gcs-client", os.environ.get("STORAGE_EMULATOR_HOST")),
+                                  ledger_mod.storage_client)
+    return client.bucket(bucket).blob(name)
 
 
 @dataclasses.dataclass(frozen=True)
