@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import apache_beam as beam
 
 from pipeline.options import ClaudeOptions
+from transforms import api_process
 from transforms.batch_api import PollSettings
 from transforms.batching import BatchBounds
 from transforms.client import ApiSettings, RetryPolicy
@@ -125,8 +126,11 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
                      max_cost_usd=getattr(opts, "max_cost_usd", None),
                      deadline_at=_deadline_at(opts))
+    # Batch modes make their API calls from the API process, which also
+    # transforms the output schema: the job's process never imports the SDK.
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
-                             cache_min_tokens=opts.prompt_cache_min_tokens)
+                             cache_min_tokens=opts.prompt_cache_min_tokens,
+                             schemas_by_api_process=opts.mode in api_process.BATCH_MODES)
     initial, longest = _POLL_DEFAULTS[local]
     poll = PollSettings(initial_s=opts.poll_interval_s or initial,
                         max_s=opts.poll_max_interval_s or longest,

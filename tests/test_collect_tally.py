@@ -9,6 +9,7 @@ import types
 import pytest
 
 from transforms import progress
+from transforms.api_process import BatchState
 from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches
 from transforms.client import RetryPolicy
 from transforms.costs import load_prices
@@ -36,20 +37,10 @@ def _collector(requests, lines):
                      output_schema=TASK.output_schema, prices=load_prices())
     fn = _CollectBatches(None, RetryPolicy(), RequestBuilder(task=TASK, run_id="r1"), ctx, PollSettings(), 2)
     body = ("\n".join(lines) + "\n").encode()
-
-    class Results:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def iter_bytes(self):
-            yield body
-
-    fn._client = types.SimpleNamespace(messages=types.SimpleNamespace(batches=types.SimpleNamespace(
-        retrieve=lambda batch_id: types.SimpleNamespace(processing_status="ended", ended_at=AT),
-        with_streaming_response=types.SimpleNamespace(results=lambda batch_id: Results()))))
+    # The API process's side is not under test here: its calls answer from memory.
+    fn._calls = types.SimpleNamespace(
+        retrieve=lambda batch_id: BatchState(batch_id, "ended", AT),
+        results=lambda batch_id: iter([body[:7], body[7:]]))
     return fn, ctx
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import pickle
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,12 +19,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import fastjson, gil, lifecycle, progress, registry
+from transforms import fastjson, lifecycle, progress, registry
+from transforms.api_process import ApiProcessError, BatchCalls, Created
+from transforms import api_process
 from transforms.budget import fitting_prefix, get_budget
-from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
+from transforms.client import ApiSettings, RetryPolicy, describe_error
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder
+from transforms.requests import Request, RequestBuilder, Sealed, open_work, requests_of, seal_work
 
 __all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
 
@@ -79,98 +80,64 @@ class SubmittedBatch:
     #: requests file: the batch then crosses the Reshuffle as a few strings,
     #: and its collector reads them back (as a `collect` job does).
     requests_path: Optional[str] = None
+    #: Set instead of `requests` and `records` when the batch was created from
+    #: sealed Works (see requests.seal_work): they cross the Reshuffle as the
+    #: bytes they already are, and are opened once, by the collector.
+    sealed: Tuple[Sealed, ...] = ()
 
     def loaded(self) -> "SubmittedBatch":
         """This batch with its requests (and packed records) in memory."""
+        if self.sealed:
+            requests, records = requests_of([open_work(w) for w in self.sealed])
+            return dataclasses.replace(self, requests=tuple(requests), records=records, sealed=())
         if self.requests_path is None:
             return self
         requests, records = lifecycle.read_requests(self.requests_path)
         return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
 
 
-#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
-Sealed = Tuple[int, int, bytes]
-
-
-def seal_work(work: Any) -> Sealed:
-    """A Work as its weight and one pickle.
-
-    Between building a request and creating its batch, a Work crosses a
-    shuffle and sits in the batcher's state: as a dataclass it was pickled
-    twice and unpickled twice on the way, and the state cache walked every
-    object of it to weigh the bag. As (int, int, bytes) it is pickled once
-    here, opened once in _CreateBatches, and Beam's coders only copy bytes.
-    """
-    request = work[0] if isinstance(work, tuple) else work
-    return request.size_bytes, request.input_tokens, pickle.dumps(work, pickle.HIGHEST_PROTOCOL)
-
-
-def open_work(work: Any) -> Any:
-    """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
-    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
-        return pickle.loads(work[2])
-    return work
-
-
 class _ApiDoFn(beam.DoFn):
-    """Base for DoFns that hold an API client: built in setup(), closed in teardown()."""
+    """Base for DoFns that call the Message Batches API (through the API process)."""
 
     def __init__(self, api: ApiSettings, retry_policy: RetryPolicy,
                  ledger: Optional[lifecycle.LedgerSettings] = None, run_id: str = ""):
-        self._api = api
-        self._retry = retry_policy
+        self._calls = BatchCalls(api, retry_policy)
         self._ledger_settings = ledger
         self._run_id = run_id
-        self._client = None
         self._ledger = None
 
     def setup(self):
-        # Per process, not per setup(): the DirectRunner calls setup() for every
-        # bundle (see shared_client).
-        self._client = shared_client(self._api)
+        self._calls.check_key()  # no key: fail here, with the reason, not batch by batch
+        api_process.shared()     # start the helper (if not yet) while the bundle gets going
         if self._ledger_settings is not None:
-            # The ledger too (a GcsLedger holds storage clients; it is thread-safe).
+            # Per process (a GcsLedger holds storage clients; it is thread-safe).
             self._ledger = registry.per_process(("ledger", self._ledger_settings.path),
                                                 self._ledger_settings.open)
 
-    def _create_batch(self, builder: RequestBuilder, requests: Sequence[Request],
-                      records: Optional[Dict[str, Record]]) -> Tuple[str, bool, Optional[str]]:
-        """(batch_id, reused, ledger key): through the ledger when there is one."""
-        body = builder.batch_body_stream(requests)
-
-        def create():
-            # The SDK's own client (auth, base URL, errors) with a pre-encoded
-            # body: messages.batches.create would deep-copy and re-encode the
-            # same instructions once per request (see RequestBuilder.batch_body).
-            # Streamed with its length, so the whole body is never in memory.
-            from anthropic.types.messages import MessageBatch
-            return self._call(self._client.post, "/v1/messages/batches", cast_to=MessageBatch, content=body,
-                              options={"headers": {"content-type": "application/json",
-                                                   "content-length": str(body.size)}})
-        if self._ledger is None:
-            return create().id, False, None
-        return lifecycle.submit_once(
-            self._ledger, self._ledger_settings.path, self._run_id, builder, requests, records,
-            create=create, cancel=lambda batch_id: self._call(self._client.messages.batches.cancel, batch_id))
-
-    def teardown(self):
-        self._client = None  # the process's (shared_client): others still use it
-
-    def _call(self, fn, *args, **kwargs):
-        return self._retry.call(lambda: fn(*args, **kwargs))
+    def _create_batch(self, builder: RequestBuilder, works: Sequence[Any],
+                      records: Optional[Dict[str, Record]] = None) -> Tuple[Created, bool, Optional[str]]:
+        """(created, reused, ledger key): through the ledger when there is one.
+        `records`: the packed records, when `works` are bare Requests (re-asks)."""
+        if self._ledger_settings is None:
+            return self._calls.create(builder, works), False, None
+        return self._calls.submit(self._ledger_settings, self._run_id, builder, works, records)
 
 
 class _CreateBatches(_ApiDoFn):
     """(key, [Work]) -> SubmittedBatch, or every record dead-lettered on a refusal.
 
-    A Work is a Request, or for packs a (Request, records) pair.
+    A Work is a Request, or for packs a (Request, records) pair, usually
+    sealed (requests.seal_work). Sealed Works are not opened here: the API
+    process opens them to record them in the ledger and write the body (see
+    BatchCalls.submit), and the collector to match results.
 
     Creates run on one background thread per bundle, in arrival order: while
-    the API (or the emulator, on the same cores) reads and parses a 256 MB
-    body, this worker goes on building the next batch instead of waiting.
-    Outputs are emitted in submission order, from process() once their create
-    returns and from finish_bundle() for the rest, each in its input's window.
-    Metrics and progress are only touched on the bundle's own thread.
+    the API process and the API (or the emulator, on the same cores) handle a
+    256 MB body, this worker goes on building the next batch instead of
+    waiting. Outputs are emitted in submission order, from process() once
+    their create returns and from finish_bundle() for the rest, each in its
+    input's window. Metrics and progress are only touched on the bundle's own
+    thread.
     """
 
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
@@ -181,7 +148,7 @@ class _CreateBatches(_ApiDoFn):
         self._reused = Metrics.counter("claude", "batches_reused")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._pending: Deque[Tuple[Future, Any, Any, Any, List[Request], Optional[Dict[str, Record]]]] = deque()
+        self._pending: Deque[Tuple[Future, Any, Any, Any, List[Any]]] = deque()
 
     def start_bundle(self):
         self._pool = None
@@ -189,12 +156,12 @@ class _CreateBatches(_ApiDoFn):
 
     def process(self, element: Tuple[Any, List[Any]], window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam) -> Iterator:
-        works = [open_work(w) for w in element[1]]
-        requests = [w[0] if isinstance(w, tuple) else w for w in works]
-        records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
+        works = list(element[1])
         submitted_at = now()
         budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
         if budget is not None:
+            # Opened here too, to be weighed; the API process still gets the sealed ones.
+            requests, _ = requests_of([open_work(w) for w in works])
             # A batch is billed when it ends: its worst case counts from now on.
             fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
             for request in requests[fits:]:
@@ -202,14 +169,13 @@ class _CreateBatches(_ApiDoFn):
                                         Reason.BUDGET, f"--max-cost-usd {budget.max_usd:g} reached: not sent",
                                         batch=True):
                     yield TaggedOutput(DEAD, d)
-            requests = requests[:fits]
+            works, requests = works[:fits], requests[:fits]
             if not requests:
                 return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-batch")
-            gil.acquire()
-        future = self._pool.submit(self._create_batch, self._builder, requests, records)
-        self._pending.append((future, window, timestamp, submitted_at, requests, records))
+        future = self._pool.submit(self._create_batch, self._builder, works)
+        self._pending.append((future, window, timestamp, submitted_at, works))
         # Emit what has been created; wait for the oldest beyond _CREATES_IN_FLIGHT.
         while self._pending and (self._pending[0][0].done() or len(self._pending) > _CREATES_IN_FLIGHT):
             yield from self._emit(*self._pending.popleft())
@@ -223,45 +189,49 @@ class _CreateBatches(_ApiDoFn):
 
     def teardown(self):
         self._stop_pool()  # a bundle that failed in process() never reached finish_bundle
-        super().teardown()
 
     def _stop_pool(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-            gil.release()
 
-    def _emit(self, future: Future, window, timestamp, submitted_at, requests: List[Request],
-              records: Optional[Dict[str, Record]]) -> Iterator:
+    def _emit(self, future: Future, window, timestamp, submitted_at, works: List[Any]) -> Iterator:
         """The outputs of one create, each a WindowedValue in its input's window."""
         def windowed(value):
             return WindowedValue(value, timestamp, (window,))
         try:
-            batch_id, reused, key = future.result()
-        except lifecycle.SubmissionPending:
-            raise  # another writer is creating this very batch: let Beam retry the bundle
+            created, reused, key = future.result()
+        except (lifecycle.SubmissionPending, ApiProcessError):
+            # Another writer is creating this very batch, or the API process died:
+            # let Beam retry the bundle.
+            raise
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
             sent = Sent(submitted_at=submitted_at)
+            requests, _ = requests_of([open_work(w) for w in works])
             for request in requests:
                 for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
                                         describe_error(e), batch=True):
                     yield TaggedOutput(DEAD, windowed(d))
             return
-        progress.add("submitted", sum(len(r.items) for r in requests))
+        progress.add("submitted", created.items)
         progress.add("batches_open")
         if reused:
             self._reused.inc()
         else:
             self._created.inc()
-            self._sent.inc(len(requests))
-            _LOG.info("created batch %s with %d requests", batch_id, len(requests))
+            self._sent.inc(len(works))
+            _LOG.info("created batch %s with %d requests", created.id, len(works))
         if key is not None and not reused:
             # This job just wrote the requests file: the collector reads it back,
             # so all of a run's requests are not held between create and collect.
-            yield windowed(SubmittedBatch(batch_id, submitted_at, (), None, key,
+            yield windowed(SubmittedBatch(created.id, submitted_at, (), None, key,
                                           requests_path=lifecycle.requests_path(self._ledger_settings.path, key)))
             return
-        yield windowed(SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key))
+        if key is not None:
+            requests, records = requests_of([open_work(w) for w in works])
+            yield windowed(SubmittedBatch(created.id, submitted_at, tuple(requests), records, key))
+            return
+        yield windowed(SubmittedBatch(created.id, submitted_at, (), None, None, sealed=tuple(works)))
 
 
 class _CollectBatches(_ApiDoFn):
@@ -318,11 +288,11 @@ class _CollectBatches(_ApiDoFn):
 
     def _wait_until_ended(self, batch_id: str):
         if not self._wait:  # collect job: look once, leave running batches for the next run
-            batch = self._call(self._client.messages.batches.retrieve, batch_id)
+            batch = self._calls.retrieve(batch_id)
             return batch if batch.processing_status == "ended" else None
         deadline = time.monotonic() + self._poll.timeout_s
         for interval in self._poll.intervals():
-            batch = self._call(self._client.messages.batches.retrieve, batch_id)
+            batch = self._calls.retrieve(batch_id)
             if batch.processing_status == "ended":
                 return batch
             if time.monotonic() + interval > deadline:
@@ -365,7 +335,7 @@ class _CollectBatches(_ApiDoFn):
         self._online.inc(len(request.items))
         submitted_at = now()
         try:
-            message = self._call(self._client.messages.create, **self._builder.params(request))
+            message = self._calls.message(self._builder.params(request))
         except Exception as e:  # noqa: BLE001 - a refusal dead-letters the straggler
             sent = Sent(submitted_at=submitted_at, attempts=request.attempt)
             for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
@@ -415,26 +385,25 @@ class _CollectBatches(_ApiDoFn):
         """The results file, streamed line by line as plain dicts.
 
         The SDK's results() builds a pydantic object per line (about 0.4 ms
-        each, the largest cost of a 100,000-record batch); its streaming
-        response of the same endpoint gives the raw bytes at a fraction of that.
+        each, the largest cost of a 100,000-record batch); the API process
+        reads its streaming response of the same endpoint and hands on the bytes.
         A line that is not a JSON object with a custom_id and a result is
         counted and skipped, not fatal: its request then has no result and is
         dead-lettered as missing, like one the batch left out.
         """
-        with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
-            for n, line in enumerate(fastjson.jsonl_lines(response.iter_bytes()), start=1):
-                try:
-                    entry = fastjson.loads(line)
-                except ValueError:
-                    entry = None
-                if isinstance(entry, dict) and isinstance(entry.get("custom_id"), str) \
-                        and isinstance(entry.get("result"), dict):
-                    yield entry
-                    continue
-                self._unreadable.inc()
-                # The line's length only: its text may hold customer data.
-                _LOG.warning("batch %s: results line %d (%d bytes) is not a result; skipped",
-                             batch_id, n, len(line))
+        for n, line in enumerate(fastjson.jsonl_lines(self._calls.results(batch_id)), start=1):
+            try:
+                entry = fastjson.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and isinstance(entry.get("custom_id"), str) \
+                    and isinstance(entry.get("result"), dict):
+                yield entry
+                continue
+            self._unreadable.inc()
+            # The line's length only: its text may hold customer data.
+            _LOG.warning("batch %s: results line %d (%d bytes) is not a result; skipped",
+                         batch_id, n, len(line))
 
     def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
                  retries: List[Request]) -> Iterator:
@@ -503,7 +472,7 @@ class _CollectBatches(_ApiDoFn):
             if not requests:
                 return None
         try:
-            batch_id, reused, key = self._create_batch(self._builder, requests, records)
+            created, reused, key = self._create_batch(self._builder, requests, records)
         except Exception as e:  # noqa: BLE001 - refused re-asks become dead letters
             sent = Sent(submitted_at=submitted_at, attempts=attempt)
             for request in requests:
@@ -513,7 +482,7 @@ class _CollectBatches(_ApiDoFn):
             return None
         if not reused:
             self._created.inc()
-        return SubmittedBatch(batch_id, submitted_at, tuple(requests), records, key)
+        return SubmittedBatch(created.id, submitted_at, tuple(requests), records, key)
 
     def _dead_all(self, submitted: SubmittedBatch, pending: Dict[str, Request], carried, reason: Reason,
                   message: str) -> Iterator:

@@ -48,13 +48,14 @@ def read_secret(name: str) -> str:
     return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
 
 
-def make_client(settings: ApiSettings):
+def make_client(settings: ApiSettings, api_key: Optional[str] = None):
     """An anthropic client with the SDK's retries off: our retry loop (tenacity)
-    also feeds the rate limiter, and the two must not stack."""
+    also feeds the rate limiter, and the two must not stack. `api_key`, when
+    given, is used instead of the settings' (the API process gets it per call)."""
     import anthropic
 
     return anthropic.Anthropic(
-        api_key=settings.api_key(),
+        api_key=api_key or settings.api_key(),
         base_url=settings.base_url,
         max_retries=0,
         timeout=anthropic.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),

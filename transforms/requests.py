@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import operator
+import pickle
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from transforms import packing
@@ -120,6 +121,10 @@ class RequestBuilder:
     run_id: str
     prompt_cache: bool = True
     cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
+    #: The output schema as sent is transformed by the API process (asked once
+    #: per process, on first use): a batch job's own process never imports the
+    #: SDK (see api_process.py). Otherwise by the SDK in this process.
+    schemas_by_api_process: bool = False
 
     def system_blocks(self, packed: bool) -> List[Dict[str, Any]]:
         text = self.task.system.rstrip() + "\n\n" + (
@@ -139,7 +144,11 @@ class RequestBuilder:
             schema = dict(self.task.output_schema)
         else:
             return None
-        return _wire_schema(json.dumps(schema, sort_keys=True))
+        canonical = json.dumps(schema, sort_keys=True)
+        if self.schemas_by_api_process:
+            from transforms import api_process  # not at the top: it imports this module
+            return api_process.wire_schema(canonical)
+        return _wire_schema(canonical)
 
     def params(self, request: Request) -> Dict[str, Any]:
         """The full Messages API body of a request."""
@@ -259,3 +268,35 @@ class RequestBuilder:
 
     def shared_size(self, packed: bool) -> Tuple[int, int]:
         return self._shared_size(packed)
+
+
+#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
+Sealed = Tuple[int, int, bytes]
+
+
+def seal_work(work: Any) -> Sealed:
+    """A Work as its weight and one pickle.
+
+    Between building a request and creating its batch, a Work crosses a
+    shuffle and sits in the batcher's state: as a dataclass it was pickled
+    twice and unpickled twice on the way, and the state cache walked every
+    object of it to weigh the bag. As (int, int, bytes) it is pickled once
+    here, opened once where the batch is created (the API process, see
+    api_process.py) and once where it is collected, and Beam's coders only copy bytes.
+    """
+    request = work[0] if isinstance(work, tuple) else work
+    return request.size_bytes, request.input_tokens, pickle.dumps(work, pickle.HIGHEST_PROTOCOL)
+
+
+def open_work(work: Any) -> Any:
+    """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
+    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
+        return pickle.loads(work[2])
+    return work
+
+
+def requests_of(works: Sequence[Any]) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
+    """The requests of opened Works, and the records of those that are packs (None if none)."""
+    requests = [w[0] if isinstance(w, tuple) else w for w in works]
+    records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
+    return requests, records
