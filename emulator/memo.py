@@ -6,7 +6,8 @@ counts, prompt-cache keys) is worked out once per batch, not once per request.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from operator import is_
+from typing import Any, Callable, Dict, Optional, Tuple
 
 #: Arguments compared by value; anything else (lists, dicts) by identity.
 _SCALARS = (str, int, float, bool, type(None))
@@ -30,14 +31,20 @@ class IdentityMemo:
     def __init__(self, fn: Callable[..., Any]):
         self._fn = fn
         self._entries: Dict[Tuple[Any, ...], Tuple[Tuple[Any, ...], Any]] = {}
+        self._last: Optional[Tuple[Tuple[Any, ...], Any]] = None  # the (args, value) of the last call
 
     def __call__(self, *args: Any) -> Any:
+        # A batch's requests repeat one set of arguments: the same objects as
+        # the last call's are a hit without building a key (~5x cheaper).
+        last = self._last
+        if last is not None and len(args) == len(last[0]) and all(map(is_, args, last[0])):
+            return last[1]
         key = tuple(map(_key, args))
         hit = self._entries.get(key)
-        if hit is not None:
-            return hit[1]
-        value = self._fn(*args)
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (args, value)
-        return value
+        if hit is None:
+            hit = (args, self._fn(*args))
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = hit
+        self._last = (args, hit[1])  # these objects (equal scalars may be others) are held too
+        return hit[1]
