@@ -180,7 +180,11 @@ def parse_items(text: str) -> Tuple[bool, List[Item]]:
 
 def output_schema(params: Mapping[str, Any]) -> Optional[Any]:
     """The json_schema of output_config.format, if any."""
-    oc = params.get("output_config")
+    return _schema_of(params.get("output_config"))
+
+
+def _schema_of(oc: Any) -> Optional[Any]:
+    """output_schema of params whose output_config is `oc`."""
     if not isinstance(oc, dict):
         return None
     fmt = oc.get("format")
@@ -196,6 +200,13 @@ _BLAKE2B_8 = hashlib.blake2b(digest_size=8)
 _BIG_ENDIAN_U64 = struct.Struct(">Q").unpack
 
 
+def _seed(seed: bytes) -> int:
+    """The rng state for seed bytes: the content key + _path_suffix(path)."""
+    h = _BLAKE2B_8.copy()  # copying a fresh state is ~1.5x cheaper than making one
+    h.update(seed)
+    return _BIG_ENDIAN_U64(h.digest())[0]  # int.from_bytes(digest, "big"), cheaper
+
+
 class _Rng:
     """splitmix64 seeded by (content key, path): tiny, fast, stable forever."""
 
@@ -203,9 +214,7 @@ class _Rng:
 
     def __init__(self, seed: bytes):
         """seed: the content key + _path_suffix(path) (a generator holds the suffix ready)."""
-        h = _BLAKE2B_8.copy()  # copying a fresh state is ~1.5x cheaper than making one
-        h.update(seed)
-        self.s = _BIG_ENDIAN_U64(h.digest())[0]  # int.from_bytes(digest, "big"), cheaper
+        self.s = _seed(seed)
 
     def next64(self) -> int:
         # The masks are literals (2**64 - 1): a constant loads faster than a global.
@@ -215,7 +224,7 @@ class _Rng:
         return z ^ (z >> 31)
 
     def random(self) -> float:
-        return (self.next64() >> 11) / float(1 << 53)
+        return (self.next64() >> 11) / 9007199254740992.0  # float(1 << 53)
 
     def below(self, n: int) -> int:
         if n <= 0:
@@ -228,6 +237,9 @@ class _Rng:
 
     def between(self, lo: int, hi: int) -> int:
         return lo + self.below(hi - lo + 1) if hi >= lo else lo
+
+
+_new_rng = object.__new__
 
 
 def _path_suffix(path: str) -> bytes:
@@ -553,8 +565,15 @@ def _generator(node: tuple, path: str = "") -> Callable[[Item], Any]:
 
         def obj(item: Item) -> Dict[str, Any]:
             key = item.key
-            return {name: leaf(arg, item, _Rng(key + suffix)) if leaf is not None else arg(item)
-                    for name, leaf, arg, suffix in fields}
+            rng = _new_rng(_Rng)  # one rng, seeded afresh for each leaf field: no object per field
+            out = {}
+            for name, leaf, arg, suffix in fields:
+                if leaf is None:
+                    out[name] = arg(item)
+                else:
+                    rng.s = _seed(key + suffix)
+                    out[name] = leaf(arg, item, rng)
+            return out
         return obj
     if kind == _CONST:
         value = node[1]
@@ -595,15 +614,11 @@ def plain_answer(item: Item) -> str:
     return f"Summary of the item: {snippet} [{item.key.hex()[:8]}]."
 
 
-#: schema_generator by schema identity: a batch's requests share one schema object.
-_schema_generator = IdentityMemo(schema_generator)
-
-
 def single_answer_value(item: Item, schema: Any) -> Any:
     """The value a single request returns (None schema -> the sentence)."""
     if schema is None:
         return plain_answer(item)
-    return _schema_generator(schema)(item)
+    return schema_generator(schema)(item)
 
 
 def expected_output(content: str, schema: Any = None) -> Any:
@@ -728,25 +743,56 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     return text.encode("utf-8", "surrogatepass")[: max_tokens * 4].decode("utf-8", "ignore")
 
 
+_UNSET: Any = object()
+
+
+class _Answering:
+    """How requests with one output_config value are answered: its schema, and
+    that schema's single-answer generator and pack plan, each found on first use."""
+
+    __slots__ = ("schema", "_single", "_pack")
+
+    def __init__(self, output_config: Any):
+        self.schema = _schema_of(output_config)
+        self._single = self._pack = _UNSET
+
+    def single(self) -> Callable[[Item], Any]:
+        """schema_generator(schema), for a schema that is not None."""
+        if self._single is _UNSET:
+            self._single = schema_generator(self.schema)
+        return self._single
+
+    def pack(self) -> Optional[PackPlan]:
+        """pack_plan(schema)."""
+        if self._pack is _UNSET:
+            self._pack = pack_plan(self.schema)
+        return self._pack
+
+
+#: By output_config object: a batch's requests share one (BatchStore.create), so
+#: its schema is looked up, and its generator or pack plan found, once per batch.
+_answering = IdentityMemo(_Answering)
+
+
 def build_answer(params: Mapping[str, Any], is_pack: bool, items: List[Item], faults=None,
                  ids: Optional[List[str]] = None) -> Answer:
     """The answer to a validated Messages request (pack faults applied).
 
     ids: the items' ids (not None), if the caller has them already.
     """
-    schema = output_schema(params)
+    answering = _answering(params.get("output_config"))
+    schema = answering.schema
     max_tokens = int(params.get("max_tokens") or 1)
     if ids is None:
         ids = [it.id for it in items if it.id is not None]
     fired: List[str] = []
     answered: List[str]
     if not is_pack:
-        value = single_answer_value(items[0], schema)
-        text = value if schema is None else jsonutil.dumps(value)
+        text = plain_answer(items[0]) if schema is None else jsonutil.dumps(answering.single()(items[0]))
         answered = list(ids)
         stop = "end_turn"
     else:
-        plan = pack_plan(schema)
+        plan = answering.pack()
         if plan is None:
             # Not the pipeline's pack shape: answer the schema as a whole.
             whole = Item(None, "\n".join(it.content for it in items))
