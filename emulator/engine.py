@@ -44,7 +44,7 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
         mt = params.get("max_tokens")
         if mt is None:
             raise invalid(f"{p}max_tokens: Field required")
-        if isinstance(mt, bool) or not isinstance(mt, int):
+        if type(mt) is not int and (isinstance(mt, bool) or not isinstance(mt, int)):  # (an int: one test)
             raise invalid(f"{p}max_tokens: Input should be a valid integer")
         if mt < 1:
             raise invalid(f"{p}max_tokens: Input should be greater than or equal to 1")
@@ -53,13 +53,9 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
         raise invalid(f"{p}messages: Field required")
     if not isinstance(messages, list) or not messages:
         raise invalid(f"{p}messages: List should have at least 1 item after validation")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
-        if m.get("role") not in ("user", "assistant"):
-            raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
-        if not isinstance(m.get("content"), (str, list)):
-            raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
+    for m in messages:  # valid messages, the usual case, without enumerate()
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), (str, list)):
+            _invalid_message(p, messages)
     system = params.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise invalid(f"{p}system: Input should be a valid string or list of text blocks")
@@ -74,6 +70,20 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
             raise invalid(f"{p}stream: Streaming is not supported in Message Batches")
         if not count_tokens:
             raise invalid(f"{p}stream: streaming responses are not supported by this emulator")
+
+
+_ROLES = ("user", "assistant")
+
+
+def _invalid_message(p: str, messages: List[Any]) -> None:
+    """Raise the error of the first invalid message (validate_params found one)."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
+        if m.get("role") not in _ROLES:
+            raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
+        if not isinstance(m.get("content"), (str, list)):
+            raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
 
 
 @dataclasses.dataclass
