@@ -79,6 +79,10 @@ class SharedParams:
         for _, known in seen:
             if known is value:  # shared already (emulator/batchbody.py): no need to write it out
                 return known
+        if type(value) is str:  # (the model) strings have the same JSON form iff they are equal
+            for _, known in seen:
+                if type(known) is str and known == value:
+                    return known
         form = jsonutil.dumps_bytes(value)
         for known_form, known in seen:
             if known_form == form:
