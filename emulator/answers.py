@@ -96,8 +96,11 @@ def content_words(content: str) -> List[str]:
         spaced = head.encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii")
     else:
         spaced = _PUNCT_RE.sub(" ", head)
-    # maxsplit: the first 30 words as split() has them, the rest left as one string
-    return spaced.split(None, _MAX_WORDS)[:_MAX_WORDS]
+    # maxsplit: the first 30 words as split() has them, the rest (if any) left as one string
+    words = spaced.split(None, _MAX_WORDS)
+    if len(words) > _MAX_WORDS:
+        del words[_MAX_WORDS]
+    return words
 
 
 def content_key(content: str) -> bytes:
@@ -445,7 +448,7 @@ def compile_schema(schema: Any) -> tuple:
 
 def _sentence(item: Item, rng: _Rng, lo: int = 3, hi: int = 8) -> str:
     words = item.words
-    n = rng.between(lo, hi)
+    n = lo + rng.below(hi - lo + 1) if hi >= lo else lo  # rng.between(lo, hi), one call less
     if len(words) >= n:
         start = rng.below(len(words) - n + 1)
         picked = words[start:start + n]

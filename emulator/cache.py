@@ -68,7 +68,9 @@ class PromptCache:
             if entries.get(key, -1.0) > now:
                 read = tokens
                 break
-        create = max(0, breakpoints[-1][0] - read)
+        create = breakpoints[-1][0] - read
+        if create < 0:
+            create = 0
         last = self._last_plan
         if last.keys is keys and last.read == read and last.create == create:
             return last  # the same plan as the last request's (plans are frozen)
