@@ -123,13 +123,18 @@ def _replace_repeats(text: Body, key: str, needle: bytes) -> Tuple[Body, int]:
     view = memoryview(text)
     parts: List[Any] = []
     done = count = 0
-    at = _key_at(text, pattern, 0)
-    while at != -1:
-        if text.startswith(needle, at):
+    # One pass of _key_at()s, inlined (27,000 requests: ~1 us each saved)
+    find, starts, size, width = text.find, text.startswith, len(pattern), len(needle)
+    i = find(pattern)
+    while i != -1:
+        at = i + size  # just after `"KEY":`
+        if starts(needle, at):
             parts += (view[done:at], PLACEHOLDER)
-            done = at + len(needle)
+            done = at + width
             count += 1
-        at = _key_at(text, pattern, max(at, done))
+            i = find(pattern, done)
+        else:
+            i = find(pattern, at)
     if not count:
         return text, 0
     parts.append(view[done:])

@@ -79,6 +79,10 @@ class SharedParams:
         for _, known in seen:
             if known is value:  # shared already (emulator/batchbody.py): no need to write it out
                 return known
+        if type(value) is str:  # (the model) strings have the same JSON form iff they are equal
+            for _, known in seen:
+                if type(known) is str and known == value:
+                    return known
         form = jsonutil.dumps_bytes(value)
         for known_form, known in seen:
             if known_form == form:
@@ -366,15 +370,16 @@ class BatchStore:
         state = self.state
         params, parsed = req.params, req.parsed
         req.params = req.parsed = None
-        is_pack, items = parsed if parsed is not None else (False, [])
-        ids = [it.id for it in items if it.id is not None]
         try:
             validate_params(params, in_batch=True)
         except ApiError as e:
             req.result = (ERRORED, e.etype, e.message)
             return
-        faults = state.faults
-        if faults:
+        if parsed is None:  # params not a dict: validate_params refused it above
+            parsed = (False, [])
+        faults = state.faults if state.faults else None  # FaultSet.__bool__ asked once
+        if faults is not None:
+            ids = [it.id for it in parsed[1] if it.id is not None]
             if faults.fire("batch_item_expired", ids):
                 state.stats.fault("batch_item_expired")
                 req.result = (EXPIRED,)
@@ -388,10 +393,10 @@ class BatchStore:
                 req.result = (ERRORED, etype, msg)
                 return
         engine: Engine = state.engine
-        prep = engine.prepare(params, (is_pack, items))
+        prep = engine.prepare(params, parsed)
         answer, usage = engine.complete(prep, "batch")
-        state.stats.billed(ids, answer.answered_ids, usage, "batch")
-        if faults and faults.fire("batch_result_garbled", ids):
+        state.stats.billed(prep.ids, answer.answered_ids, usage, "batch")
+        if faults is not None and faults.fire("batch_result_garbled", prep.ids):
             state.stats.fault("batch_result_garbled")
             req.garbled = True
         req.result = (SUCCEEDED, prep.model, answer.text, answer.stop_reason, usage["input_tokens"],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from emulator.memo import IdentityMemo
 from transforms.tokens import system_tokens
@@ -22,36 +22,59 @@ from transforms.tokens import system_tokens
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CachePlan:
+    """Frozen: a batch's requests mostly get equal plans, and share one."""
+
     read: int = 0
     create: int = 0
-    keys: List[Tuple[Tuple[str, str], float]] = dataclasses.field(default_factory=list)
+    keys: Sequence[Tuple[Tuple[str, str], float]] = ()
+
+
+_NO_PLAN = CachePlan()
+#: _breakpoints' answer for a system that caches nothing.
+Breakpoints = Tuple[List[Tuple[int, Tuple[str, str], float]], Tuple[Tuple[Tuple[str, str], float], ...]]
+NO_BREAKPOINTS: Breakpoints = ([], ())
 
 
 class PromptCache:
     def __init__(self):
         self.entries: Dict[Tuple[str, str], float] = {}  # key -> expiry (monotonic)
         self._breakpoints = IdentityMemo(_breakpoints)
+        self._last_plan = _NO_PLAN
 
     def clear(self) -> None:
         self.entries.clear()
 
+    def breakpoints(self, model: str, system: Any, min_tokens: int, time_scale: float) -> Breakpoints:
+        """The cacheable prefixes of `system` (see _breakpoints), worked out once per system object."""
+        if not isinstance(system, list):
+            return NO_BREAKPOINTS
+        return self._breakpoints(model, system, min_tokens, time_scale)
+
     def plan(self, model: str, system: Any, min_tokens: int, time_scale: float) -> CachePlan:
         """What caching does for this request (nothing is stored until commit)."""
-        plan = CachePlan()
-        if not isinstance(system, list):
-            return plan
-        breakpoints = self._breakpoints(model, system, min_tokens, time_scale)
+        return self.plan_for(self.breakpoints(model, system, min_tokens, time_scale))
+
+    def plan_for(self, found: Breakpoints) -> CachePlan:
+        """plan() of a request whose system has these breakpoints."""
+        breakpoints, keys = found
         if not breakpoints:
-            return plan
+            return _NO_PLAN
         now = time.monotonic()
+        read = 0
+        entries = self.entries
         for tokens, key, _ in reversed(breakpoints):
-            if self.entries.get(key, -1.0) > now:
-                plan.read = tokens
+            if entries.get(key, -1.0) > now:
+                read = tokens
                 break
-        plan.create = max(0, breakpoints[-1][0] - plan.read)
-        plan.keys = [(key, ttl) for _, key, ttl in breakpoints]
+        create = breakpoints[-1][0] - read
+        if create < 0:
+            create = 0
+        last = self._last_plan
+        if last.keys is keys and last.read == read and last.create == create:
+            return last  # the same plan as the last request's (plans are frozen)
+        plan = self._last_plan = CachePlan(read, create, keys)
         return plan
 
     def commit(self, plan: CachePlan) -> None:
@@ -60,10 +83,10 @@ class PromptCache:
             self.entries[key] = now + ttl
 
 
-def _breakpoints(model: str, system: List[Any], min_tokens: int,
-                 time_scale: float) -> List[Tuple[int, Tuple[str, str], float]]:
-    """(tokens, key, ttl) of every cacheable prefix of `system`: a pure function
-    of its arguments, hashed once per instructions object (see IdentityMemo)."""
+def _breakpoints(model: str, system: List[Any], min_tokens: int, time_scale: float) -> Breakpoints:
+    """(tokens, key, ttl) of every cacheable prefix of `system`, and their
+    (key, ttl) pairs as a plan holds them: a pure function of its arguments,
+    hashed once per instructions object (see IdentityMemo)."""
     h = hashlib.sha256()
     breakpoints = []
     for i, block in enumerate(system):
@@ -76,4 +99,4 @@ def _breakpoints(model: str, system: List[Any], min_tokens: int,
             if tokens >= min_tokens:
                 ttl = TTL_SECONDS.get(str(cc.get("ttl", "5m")), 300.0) * time_scale
                 breakpoints.append((tokens, (model, h.copy().hexdigest()), ttl))
-    return breakpoints
+    return breakpoints, tuple((key, ttl) for _, key, ttl in breakpoints)

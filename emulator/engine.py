@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from emulator import answers
-from emulator.cache import CachePlan
+from emulator.cache import Breakpoints, CachePlan
 from emulator.memo import IdentityMemo
 from transforms.tokens import messages_tokens, shared_request_tokens
 
@@ -44,7 +44,7 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
         mt = params.get("max_tokens")
         if mt is None:
             raise invalid(f"{p}max_tokens: Field required")
-        if isinstance(mt, bool) or not isinstance(mt, int):
+        if type(mt) is not int and (isinstance(mt, bool) or not isinstance(mt, int)):  # (an int: one test)
             raise invalid(f"{p}max_tokens: Input should be a valid integer")
         if mt < 1:
             raise invalid(f"{p}max_tokens: Input should be greater than or equal to 1")
@@ -53,13 +53,9 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
         raise invalid(f"{p}messages: Field required")
     if not isinstance(messages, list) or not messages:
         raise invalid(f"{p}messages: List should have at least 1 item after validation")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
-        if m.get("role") not in ("user", "assistant"):
-            raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
-        if not isinstance(m.get("content"), (str, list)):
-            raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
+    for m in messages:  # valid messages, the usual case, without enumerate()
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), (str, list)):
+            _invalid_message(p, messages)
     system = params.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise invalid(f"{p}system: Input should be a valid string or list of text blocks")
@@ -74,6 +70,20 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
             raise invalid(f"{p}stream: Streaming is not supported in Message Batches")
         if not count_tokens:
             raise invalid(f"{p}stream: streaming responses are not supported by this emulator")
+
+
+_ROLES = ("user", "assistant")
+
+
+def _invalid_message(p: str, messages: List[Any]) -> None:
+    """Raise the error of the first invalid message (validate_params found one)."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
+        if m.get("role") not in _ROLES:
+            raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
+        if not isinstance(m.get("content"), (str, list)):
+            raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
 
 
 @dataclasses.dataclass
@@ -112,21 +122,36 @@ class Engine:
     def __init__(self, state):
         self.state = state
         self._shared_tokens = IdentityMemo(_shared_tokens)
+        # (model, system, output_config, config, what _shared found for them)
+        self._last_shared: Tuple[Any, ...] = (None, None, None, None, None)
+
+    def _shared(self, model: str, system: Any, output_config: Any) -> Tuple[int, Breakpoints]:
+        """(shared_request_tokens, cache breakpoints) of these params values under the
+        current config. A batch's requests share these objects (BatchStore.create), so
+        the last request's are checked first: four `is` instead of two memo lookups."""
+        cfg = self.state.config
+        last = self._last_shared
+        if last[0] is model and last[1] is system and last[2] is output_config and last[3] is cfg:
+            return last[4]
+        found = (self._shared_tokens(system, output_config),
+                 self.state.cache.breakpoints(model, system, cfg.min_cacheable_tokens, cfg.time_scale))
+        self._last_shared = (model, system, output_config, cfg, found)
+        return found
 
     def prepare(self, params: Mapping[str, Any],
                 parsed: Optional[Tuple[bool, List[answers.Item]]] = None) -> Prepared:
         is_pack, items = parsed if parsed is not None else parse_request(params)
-        cfg = self.state.config
         model = params["model"]
-        plan = self.state.cache.plan(model, params.get("system"), cfg.min_cacheable_tokens, cfg.time_scale)
+        shared_tokens, breakpoints = self._shared(model, params.get("system"), params.get("output_config"))
+        plan = self.state.cache.plan_for(breakpoints)
         # estimate_request_tokens(params), its shared part counted once per instructions object
-        tokens = self._shared_tokens(params.get("system"), params.get("output_config")) + messages_tokens(params)
+        tokens = shared_tokens + messages_tokens(params)
         return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None], tokens, plan)
 
     def complete(self, prep: Prepared, tier: str) -> Tuple[answers.Answer, Dict[str, Any]]:
         """Commit the cache, build the answer (pack faults apply) and its usage."""
         self.state.cache.commit(prep.cache)
-        answer = answers.build_answer(prep.params, prep.is_pack, prep.items, self.state.faults)
+        answer = answers.build_answer(prep.params, prep.is_pack, prep.items, self.state.faults, ids=prep.ids)
         for name in answer.faults:
             self.state.stats.fault(name)
         usage = {

@@ -53,15 +53,16 @@ class Stats:
     def billed(self, ids: Iterable[str], answered: Iterable[str], usage: Dict[str, int], tier: str) -> None:
         """A billed response covering `ids`, of which `answered` validly."""
         done = self.items_answered
+        get = done.get
         for i in ids:
-            if done.get(i, 0) > 0:
+            if get(i, 0) > 0:
                 self.duplicates_billed += 1
                 self.duplicate_ids[i] = self.duplicate_ids.get(i, 0) + 1
         for i in answered:
-            done[i] = done.get(i, 0) + 1
+            done[i] = get(i, 0) + 1
         t = self.tokens[tier]
-        for k in t:
-            t[k] += usage.get(k, 0)
+        for k, v in t.items():
+            t[k] = v + usage.get(k, 0)
 
     def fault(self, name: str) -> None:
         self.faults_fired[name] += 1
