@@ -29,6 +29,10 @@ def invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_request_error", message)
 
 
+#: The last output_config found valid: a batch's requests share one object, checked once.
+_valid_output_config: List[Any] = [None]
+
+
 def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool = False,
                     prefix: str = "") -> None:
     """Raise ApiError(400) with a pydantic-style message for a bad request body."""
@@ -60,11 +64,12 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
     if system is not None and not isinstance(system, (str, list)):
         raise invalid(f"{p}system: Input should be a valid string or list of text blocks")
     oc = params.get("output_config")
-    if oc is not None:
+    if oc is not None and oc is not _valid_output_config[0]:
         fmt = oc.get("format") if isinstance(oc, dict) else None
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema" \
                 and not isinstance(fmt.get("schema"), dict):
             raise invalid(f"{p}output_config.format.schema: Input should be a valid dictionary")
+        _valid_output_config[0] = oc  # (held, so its id is not reused)
     if params.get("stream"):
         if in_batch:
             raise invalid(f"{p}stream: Streaming is not supported in Message Batches")
