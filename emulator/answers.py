@@ -134,10 +134,10 @@ _N_ATTR = ' n="'
 _CLOSE = "</item>"
 
 
-def _find_items(text: str) -> List[Tuple[str, Optional[int], str]]:
+def _find_items(text: str, limit: Optional[int] = None) -> List[Tuple[str, Optional[int], str]]:
     """(raw id, n or None, raw content) of each `<item id="ID"[ n="N"]>CONTENT</item>`:
-    what ITEM_RE.findall gives, with str.find (3x faster)."""
-    out = []
+    what ITEM_RE.findall gives (its first `limit` ones), with str.find (3x faster)."""
+    out: List[Tuple[str, Optional[int], str]] = []
     find = text.find
     i = find(_OPEN)
     while i != -1:
@@ -152,6 +152,8 @@ def _find_items(text: str) -> List[Tuple[str, Optional[int], str]]:
         if k == -1:
             break
         out.append((text[i + 10:q], n, text[end:k]))
+        if len(out) == limit:
+            break
         i = find(_OPEN, k + 7)
     return out
 
@@ -171,12 +173,10 @@ def _n_attribute(text: str, at: int) -> Tuple[Optional[int], Optional[int]]:
 
 def parse_items(text: str) -> Tuple[bool, List[Item]]:
     """(is_pack, items). A pack needs the <items_to_process> wrapper."""
-    found = _find_items(text)
+    is_pack = PACK_MARK in text
+    found = _find_items(text, None if is_pack else 1)  # not a pack: its first item only
     if not found:
         return False, [Item(None, text.strip())]
-    is_pack = PACK_MARK in text
-    if not is_pack:
-        found = found[:1]
     unescape = html.unescape
     return is_pack, [Item(unescape(i), unescape(c).strip(), n=n) for i, n, c in found]
 

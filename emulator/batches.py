@@ -239,7 +239,9 @@ class BatchStore:
             if isinstance(params, dict):
                 params = shared.intern(params)
                 parsed = parse_request(params)
-                ids.extend(it.id for it in parsed[1] if it.id is not None)
+                for it in parsed[1]:
+                    if it.id is not None:
+                        ids.append(it.id)
             reqs.append(BatchRequest(cid, params, parsed))
         self.seq += 1
         batch = Batch(self.seq, reqs, cfg.scaled(cfg.batch_delay_s) or 0.0,
