@@ -242,6 +242,7 @@ class _Rng:
         return lo + self.below(hi - lo + 1) if hi >= lo else lo
 
 
+#: An _Rng without __init__ (generators set its state themselves).
 _new_rng = object.__new__
 
 
@@ -605,8 +606,7 @@ def _generator(node: tuple, path: str = "") -> Callable[[Item], Any]:
 
 def schema_generator(schema: Any) -> Callable[[Item], Any]:
     """The generator of a whole schema (cached by its JSON text, as compiled nodes are)."""
-    key = _schema_key(schema)
-    return _cached(b"G" + key, lambda: _generator(_cached(b"S" + key, lambda: _compile(schema, schema, 0))))
+    return _cached(b"G" + _schema_key(schema), lambda: _generator(compile_schema(schema)))
 
 
 # ---------------------------------------------------------------- answers

@@ -58,7 +58,8 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
     if not isinstance(messages, list) or not messages:
         raise invalid(f"{p}messages: List should have at least 1 item after validation")
     for m in messages:  # valid messages, the usual case, without enumerate()
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), (str, list)):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES \
+                or not isinstance(m.get("content"), (str, list)):
             _invalid_message(p, messages)
     system = params.get("system")
     if system is not None and not isinstance(system, (str, list)):
@@ -175,7 +176,8 @@ class Engine:
         self.state.cache.commit(plan)
         text, stop, out_tokens = answers.single_answer(params, item)
         ids = [item.id] if item.id is not None else []
-        return model, text, stop, _usage(tokens, plan, out_tokens, tier), ids, [] if stop == "max_tokens" else ids
+        answered = [] if stop == "max_tokens" else ids
+        return model, text, stop, _usage(tokens, plan, out_tokens, tier), ids, answered
 
 
 def _usage(total_tokens: int, plan: CachePlan, output_tokens: int, tier: str) -> Dict[str, Any]:
