@@ -134,10 +134,10 @@ _N_ATTR = ' n="'
 _CLOSE = "</item>"
 
 
-def _find_items(text: str) -> List[Tuple[str, Optional[int], str]]:
+def _find_items(text: str, limit: Optional[int] = None) -> List[Tuple[str, Optional[int], str]]:
     """(raw id, n or None, raw content) of each `<item id="ID"[ n="N"]>CONTENT</item>`:
-    what ITEM_RE.findall gives, with str.find (3x faster)."""
-    out = []
+    what ITEM_RE.findall gives (its first `limit` ones), with str.find (3x faster)."""
+    out: List[Tuple[str, Optional[int], str]] = []
     find = text.find
     i = find(_OPEN)
     while i != -1:
@@ -152,6 +152,8 @@ def _find_items(text: str) -> List[Tuple[str, Optional[int], str]]:
         if k == -1:
             break
         out.append((text[i + 10:q], n, text[end:k]))
+        if len(out) == limit:
+            break
         i = find(_OPEN, k + 7)
     return out
 
@@ -171,12 +173,10 @@ def _n_attribute(text: str, at: int) -> Tuple[Optional[int], Optional[int]]:
 
 def parse_items(text: str) -> Tuple[bool, List[Item]]:
     """(is_pack, items). A pack needs the <items_to_process> wrapper."""
-    found = _find_items(text)
+    is_pack = PACK_MARK in text
+    found = _find_items(text, None if is_pack else 1)  # not a pack: its first item only
     if not found:
         return False, [Item(None, text.strip())]
-    is_pack = PACK_MARK in text
-    if not is_pack:
-        found = found[:1]
     unescape = html.unescape
     return is_pack, [Item(unescape(i), unescape(c).strip(), n=n) for i, n, c in found]
 
@@ -242,6 +242,7 @@ class _Rng:
         return lo + self.below(hi - lo + 1) if hi >= lo else lo
 
 
+#: An _Rng without __init__ (generators set its state themselves).
 _new_rng = object.__new__
 
 
@@ -605,8 +606,7 @@ def _generator(node: tuple, path: str = "") -> Callable[[Item], Any]:
 
 def schema_generator(schema: Any) -> Callable[[Item], Any]:
     """The generator of a whole schema (cached by its JSON text, as compiled nodes are)."""
-    key = _schema_key(schema)
-    return _cached(b"G" + key, lambda: _generator(_cached(b"S" + key, lambda: _compile(schema, schema, 0))))
+    return _cached(b"G" + _schema_key(schema), lambda: _generator(compile_schema(schema)))
 
 
 # ---------------------------------------------------------------- answers
@@ -783,81 +783,94 @@ def build_answer(params: Mapping[str, Any], is_pack: bool, items: List[Item], fa
 
     ids: the items' ids (not None), if the caller has them already.
     """
+    if ids is None:
+        ids = [it.id for it in items if it.id is not None]
+    if not is_pack:
+        text, stop, out_tokens = single_answer(params, items[0])
+        return Answer(text, stop, out_tokens, ids, [] if stop == "max_tokens" else list(ids), [])
     answering = _answering(params.get("output_config"))
     schema = answering.schema
     max_tokens = int(params.get("max_tokens") or 1)
-    if ids is None:
-        ids = [it.id for it in items if it.id is not None]
     fired: List[str] = []
     answered: List[str]
-    if not is_pack:
-        text = plain_answer(items[0]) if schema is None else jsonutil.dumps(answering.single()(items[0]))
-        answered = list(ids)
-        stop = "end_turn"
-    else:
-        plan = answering.pack()
-        if plan is None:
-            # Not the pipeline's pack shape: answer the schema as a whole.
-            whole = Item(None, "\n".join(it.content for it in items))
-            text = jsonutil.dumps(single_answer_value(whole, schema))
-            return _finish(text, "end_turn", max_tokens, ids, list(ids), fired)
-        # (item id, answer object): faults pick items by id, whatever key answers carry.
-        elements = [(it.id, pack_element(it, plan, pos)) for pos, it in enumerate(items, start=1)]
-        corrupted = set()
-        if faults:
-            spec = faults.fire("pack_drop_ids", ids)
-            if spec:
-                fired.append(spec.name)
-                drop = set(faults.choose(spec, ids))
-                elements = [(i, e) for i, e in elements if i not in drop]
-                corrupted |= drop
-            spec = faults.fire("pack_duplicate_ids", ids)
-            if spec:
-                fired.append(spec.name)
-                chosen = set(faults.choose(spec, ids))
-                elements += [(it.id, pack_element(it, plan, pos, salt="#duplicate"))
-                             for pos, it in enumerate(items, start=1) if it.id in chosen]
-                corrupted |= chosen
-            spec = faults.fire("pack_invent_ids", ids)
-            if spec:
-                fired.append(spec.name)
-                for j in range(int(spec.opt("count") or 1)):
-                    seed_item = items[j % len(items)]
-                    # A number past the pack's last item, and an id no item has.
-                    fake = Item(f"invented-{seed_item.key.hex()[:6]}-{spec.fired}-{j}",
-                                seed_item.content + f"#invented{j}", n=len(items) + 1 + j)
-                    elements.append((fake.id, pack_element(fake, plan, fake.n)))
-            spec = faults.fire("pack_ignore_schema", ids)
-            if spec:
-                fired.append(spec.name)
-                chosen = set(faults.choose(spec, ids))
-                for i, e in elements:
-                    if i in chosen:
-                        _violate(e, plan.item_schema, schema, plan.key)
-                corrupted |= chosen
-        text = jsonutil.dumps({"results": [e for _, e in elements]})
-        answered = [i for i in ids if i not in corrupted]
-        stop = "end_turn"
-        if faults:
-            if faults.fire("pack_invalid_json", ids):
-                fired.append("pack_invalid_json")
-                text = text[:-1] + ',"'
-                answered = []
-            if faults.fire("pack_max_tokens", ids):
-                fired.append("pack_max_tokens")
-                text = truncate_to_tokens(text, max(1, estimate_tokens(text) // 2))
-                answered = []
-                stop = "max_tokens"
+    plan = answering.pack()
+    if plan is None:
+        # Not the pipeline's pack shape: answer the schema as a whole.
+        whole = Item(None, "\n".join(it.content for it in items))
+        text = jsonutil.dumps(single_answer_value(whole, schema))
+        return _finish(text, "end_turn", max_tokens, ids, list(ids), fired)
+    # (item id, answer object): faults pick items by id, whatever key answers carry.
+    elements = [(it.id, pack_element(it, plan, pos)) for pos, it in enumerate(items, start=1)]
+    corrupted = set()
+    if faults:
+        spec = faults.fire("pack_drop_ids", ids)
+        if spec:
+            fired.append(spec.name)
+            drop = set(faults.choose(spec, ids))
+            elements = [(i, e) for i, e in elements if i not in drop]
+            corrupted |= drop
+        spec = faults.fire("pack_duplicate_ids", ids)
+        if spec:
+            fired.append(spec.name)
+            chosen = set(faults.choose(spec, ids))
+            elements += [(it.id, pack_element(it, plan, pos, salt="#duplicate"))
+                         for pos, it in enumerate(items, start=1) if it.id in chosen]
+            corrupted |= chosen
+        spec = faults.fire("pack_invent_ids", ids)
+        if spec:
+            fired.append(spec.name)
+            for j in range(int(spec.opt("count") or 1)):
+                seed_item = items[j % len(items)]
+                # A number past the pack's last item, and an id no item has.
+                fake = Item(f"invented-{seed_item.key.hex()[:6]}-{spec.fired}-{j}",
+                            seed_item.content + f"#invented{j}", n=len(items) + 1 + j)
+                elements.append((fake.id, pack_element(fake, plan, fake.n)))
+        spec = faults.fire("pack_ignore_schema", ids)
+        if spec:
+            fired.append(spec.name)
+            chosen = set(faults.choose(spec, ids))
+            for i, e in elements:
+                if i in chosen:
+                    _violate(e, plan.item_schema, schema, plan.key)
+            corrupted |= chosen
+    text = jsonutil.dumps({"results": [e for _, e in elements]})
+    answered = [i for i in ids if i not in corrupted]
+    stop = "end_turn"
+    if faults:
+        if faults.fire("pack_invalid_json", ids):
+            fired.append("pack_invalid_json")
+            text = text[:-1] + ',"'
+            answered = []
+        if faults.fire("pack_max_tokens", ids):
+            fired.append("pack_max_tokens")
+            text = truncate_to_tokens(text, max(1, estimate_tokens(text) // 2))
+            answered = []
+            stop = "max_tokens"
     return _finish(text, stop, max_tokens, ids, answered, fired)
 
 
-def _finish(text: str, stop: str, max_tokens: int, ids: List[str], answered: List[str],
-            fired: List[str]) -> Answer:
+def single_answer(params: Mapping[str, Any], item: Item) -> Tuple[str, str, int]:
+    """(text, stop_reason, output_tokens) of a validated request holding one record
+    (not a pack): build_answer's answer, without the Answer (see Engine.answer_single)."""
+    answering = _answering(params.get("output_config"))
+    max_tokens = int(params.get("max_tokens") or 1)
+    text = plain_answer(item) if answering.schema is None else jsonutil.dumps(answering.single()(item))
+    return _fit(text, "end_turn", max_tokens)
+
+
+def _fit(text: str, stop: str, max_tokens: int) -> Tuple[str, str, int]:
+    """(text, stop, output tokens), the text cut to max_tokens (stop "max_tokens") if over."""
     out_tokens = estimate_tokens(text)
     if out_tokens > max_tokens:
         text = truncate_to_tokens(text, max_tokens)
         out_tokens = estimate_tokens(text)
         stop = "max_tokens"
+    return text, stop, out_tokens
+
+
+def _finish(text: str, stop: str, max_tokens: int, ids: List[str], answered: List[str],
+            fired: List[str]) -> Answer:
+    text, stop, out_tokens = _fit(text, stop, max_tokens)
     if stop == "max_tokens":
         answered = []
     return Answer(text, stop, out_tokens, ids, answered, fired)

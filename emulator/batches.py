@@ -239,7 +239,9 @@ class BatchStore:
             if isinstance(params, dict):
                 params = shared.intern(params)
                 parsed = parse_request(params)
-                ids.extend(it.id for it in parsed[1] if it.id is not None)
+                for it in parsed[1]:
+                    if it.id is not None:
+                        ids.append(it.id)
             reqs.append(BatchRequest(cid, params, parsed))
         self.seq += 1
         batch = Batch(self.seq, reqs, cfg.scaled(cfg.batch_delay_s) or 0.0,
@@ -393,12 +395,16 @@ class BatchStore:
                 req.result = (ERRORED, etype, msg)
                 return
         engine: Engine = state.engine
-        prep = engine.prepare(params, parsed)
-        answer, usage = engine.complete(prep, "batch")
-        state.stats.billed(prep.ids, answer.answered_ids, usage, "batch")
-        if faults is not None and faults.fire("batch_result_garbled", prep.ids):
+        if not parsed[0]:  # one record, the usual request: the same answer without the pack machinery
+            model, text, stop, usage, ids, answered = engine.answer_single(params, parsed[1][0], "batch")
+        else:
+            prep = engine.prepare(params, parsed)
+            answer, usage = engine.complete(prep, "batch")
+            model, text, stop, ids, answered = prep.model, answer.text, answer.stop_reason, prep.ids, \
+                answer.answered_ids
+        state.stats.billed(ids, answered, usage, "batch")
+        if faults is not None and faults.fire("batch_result_garbled", ids):
             state.stats.fault("batch_result_garbled")
             req.garbled = True
-        req.result = (SUCCEEDED, prep.model, answer.text, answer.stop_reason, usage["input_tokens"],
-                      usage["output_tokens"], usage["cache_creation_input_tokens"],
-                      usage["cache_read_input_tokens"])
+        req.result = (SUCCEEDED, model, text, stop, usage["input_tokens"], usage["output_tokens"],
+                      usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"])

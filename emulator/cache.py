@@ -32,8 +32,9 @@ class CachePlan:
 
 
 _NO_PLAN = CachePlan()
-#: _breakpoints' answer for a system that caches nothing.
+#: What _breakpoints gives: [(tokens, key, ttl)] and ((key, ttl), ...) of the same prefixes.
 Breakpoints = Tuple[List[Tuple[int, Tuple[str, str], float]], Tuple[Tuple[Tuple[str, str], float], ...]]
+#: The breakpoints of a system that caches nothing.
 NO_BREAKPOINTS: Breakpoints = ([], ())
 
 

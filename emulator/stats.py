@@ -61,8 +61,8 @@ class Stats:
         for i in answered:
             done[i] = get(i, 0) + 1
         t = self.tokens[tier]
-        for k, v in t.items():
-            t[k] = v + usage.get(k, 0)
+        for k in t:
+            t[k] += usage.get(k, 0)
 
     def fault(self, name: str) -> None:
         self.faults_fired[name] += 1
