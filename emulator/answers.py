@@ -54,8 +54,9 @@ _PUNCT_TO_SPACE = str.maketrans({c: " " for c in _PUNCT})
 #: faster than str.translate with a dict (which looks up every character).
 _ASCII_PUNCT_TO_SPACE = bytes.maketrans(
     bytes(ord(c) for c in _PUNCT if c.isascii()), b" " * sum(c.isascii() for c in _PUNCT))
-#: ...and for other text one regex substitution (~2x faster than str.translate).
-_PUNCT_RE = re.compile("[" + re.escape(_PUNCT) + "]")
+#: ...and for other text the same table on its UTF-8 bytes (ASCII bytes are ASCII
+#: characters there), then str.replace of these few (~15% faster than a regex).
+_NON_ASCII_PUNCT = tuple(c for c in _PUNCT if not c.isascii())
 _WORDS_PREFIX = 240
 _MAX_WORDS = 30
 _FILLER = ("the", "record", "describes", "a", "short", "plain", "note", "about", "its", "content")
@@ -95,7 +96,11 @@ def content_words(content: str) -> List[str]:
     if head.isascii():
         spaced = head.encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii")
     else:
-        spaced = _PUNCT_RE.sub(" ", head)
+        spaced = head.encode("utf-8", "surrogatepass").translate(_ASCII_PUNCT_TO_SPACE).decode(
+            "utf-8", "surrogatepass")
+        for mark in _NON_ASCII_PUNCT:
+            if mark in spaced:
+                spaced = spaced.replace(mark, " ")
     # maxsplit: the first 30 words as split() has them, the rest (if any) left as one string
     words = spaced.split(None, _MAX_WORDS)
     if len(words) > _MAX_WORDS:
