@@ -223,8 +223,8 @@ def test_a_pending_submission_comes_back_as_itself_and_other_failures_as_remote_
 
     monkeypatch.setitem(api_process._CALLS, "pending", pending)
     monkeypatch.setitem(api_process._CALLS, "broken", broken)
-    [(kind, error)] = api_process._answer(None, pickle.dumps(("pending", (), {})))
+    [(kind, error)] = api_process._answer(pickle.dumps(("pending", (), {})))
     assert kind == "err" and isinstance(pickle.loads(pickle.dumps(error)), lifecycle.SubmissionPending)
-    [(kind, error)] = api_process._answer(None, pickle.dumps(("broken", (), {})))
+    [(kind, error)] = api_process._answer(pickle.dumps(("broken", (), {})))
     assert kind == "err" and isinstance(error, RemoteError)
     assert classify(error).kind is Kind.FATAL and describe_error(error) == "fatal: OSError"

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
-import hashlib
 import logging
 import os
 import pickle
@@ -45,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import transforms
 from transforms import registry
-from transforms.client import ApiSettings, RetryPolicy, describe_error, make_client
-from transforms.requests import RequestBuilder, open_work, requests_of
+from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
+from transforms.requests import RequestBuilder, requests_of
 from transforms.retry import RemoteError, classify
 
 if TYPE_CHECKING:
@@ -335,24 +334,10 @@ def _works_file(works: Sequence[Any]) -> Iterator[str]:
 # The helper's side
 # --------------------------------------------------------------------------
 
-class _Clients:
-    """The helper's SDK clients, one per settings and key (as client.shared_client)."""
-
-    def __init__(self):
-        self._clients: Dict[Tuple[Any, ...], Any] = {}
-
-    def get(self, api: ApiSettings, key: str):
-        ident = (api, hashlib.sha256(key.encode("utf-8")).hexdigest())
-        client = self._clients.get(ident)
-        if client is None:
-            client = self._clients[ident] = make_client(api, api_key=key)
-        return client
-
-
 def _load(path: str):
     """The requests (and packed records) of a works file."""
     with open(path, "rb") as f:
-        return requests_of([open_work(w) for w in pickle.load(f)])
+        return requests_of(pickle.load(f))
 
 
 def _post(client, retry: RetryPolicy, builder: RequestBuilder, requests) -> Any:
@@ -373,17 +358,17 @@ def _items(requests) -> int:
     return sum(len(r.items) for r in requests)
 
 
-def _create(clients: _Clients, api, key, retry: RetryPolicy, builder: RequestBuilder, path: str) -> Created:
+def _create(api, key, retry: RetryPolicy, builder: RequestBuilder, path: str) -> Created:
     requests, _ = _load(path)
-    return Created(_post(clients.get(api, key), retry, builder, requests).id, _items(requests))
+    return Created(_post(shared_client(api, key), retry, builder, requests).id, _items(requests))
 
 
-def _submit(clients: _Clients, api, key, retry: RetryPolicy, ledger_settings, run_id: str,
+def _submit(api, key, retry: RetryPolicy, ledger_settings, run_id: str,
             builder: RequestBuilder, path: str, records) -> Tuple[Created, bool, str]:
     from transforms import lifecycle
 
     requests, packed = _load(path)
-    client = clients.get(api, key)
+    client = shared_client(api, key)
     ledger = registry.per_process(("ledger", ledger_settings.path), ledger_settings.open)
     batch_id, reused, ledger_key = lifecycle.submit_once(
         ledger, ledger_settings.path, run_id, builder, requests, records if records is not None else packed,
@@ -392,32 +377,32 @@ def _submit(clients: _Clients, api, key, retry: RetryPolicy, ledger_settings, ru
     return Created(batch_id, _items(requests)), reused, ledger_key
 
 
-def _cancel(clients: _Clients, api, key, retry: RetryPolicy, batch_id: str) -> None:
-    client = clients.get(api, key)
+def _cancel(api, key, retry: RetryPolicy, batch_id: str) -> None:
+    client = shared_client(api, key)
     retry.call(lambda: client.messages.batches.cancel(batch_id))
 
 
-def _retrieve(clients: _Clients, api, key, retry: RetryPolicy, batch_id: str) -> BatchState:
-    client = clients.get(api, key)
+def _retrieve(api, key, retry: RetryPolicy, batch_id: str) -> BatchState:
+    client = shared_client(api, key)
     batch = retry.call(lambda: client.messages.batches.retrieve(batch_id))
     return BatchState(batch.id, batch.processing_status, batch.ended_at)
 
 
-def _message(clients: _Clients, api, key, retry: RetryPolicy, params: Dict[str, Any]) -> Dict[str, Any]:
+def _message(api, key, retry: RetryPolicy, params: Dict[str, Any]) -> Dict[str, Any]:
     from transforms import fastjson
 
-    client = clients.get(api, key)
+    client = shared_client(api, key)
     raw = retry.call(lambda: client.messages.with_raw_response.create(**params))
     return fastjson.loads(raw.http_response.content)
 
 
-def _results(clients: _Clients, api, key, batch_id: str) -> Iterator[bytes]:
-    client = clients.get(api, key)
+def _results(api, key, batch_id: str) -> Iterator[bytes]:
+    client = shared_client(api, key)
     with client.messages.batches.with_streaming_response.results(batch_id) as response:
         yield from response.iter_bytes(RESULTS_CHUNK_BYTES)
 
 
-def _wire_schema(_clients: _Clients, canonical: str) -> Dict[str, Any]:
+def _wire_schema(canonical: str) -> Dict[str, Any]:
     from transforms.requests import _wire_schema as in_process
     return in_process(canonical)
 
@@ -436,14 +421,13 @@ def serve(fd: int) -> None:
     import anthropic  # noqa: F401 - now, while the job starts up, not at its first call
 
     conn = Connection(fd)
-    clients = _Clients()
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             break
         try:
-            for reply in _answer(clients, message):
+            for reply in _answer(message):
                 conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, ConnectionResetError):
             break
@@ -455,7 +439,7 @@ def serve(fd: int) -> None:
     os._exit(0)
 
 
-def _answer(clients: _Clients, message: bytes) -> Iterator[Tuple[str, Any]]:
+def _answer(message: bytes) -> Iterator[Tuple[str, Any]]:
     """The replies to one call: (ok, value), or chunks then (end, None), or (err, RemoteError)."""
     try:
         op, args, env = pickle.loads(message)
@@ -465,11 +449,11 @@ def _answer(clients: _Clients, message: bytes) -> Iterator[Tuple[str, Any]]:
             else:
                 os.environ[name] = value
         if op in _STREAMS:
-            for chunk in _STREAMS[op](clients, *args):
+            for chunk in _STREAMS[op](*args):
                 yield _CHUNK, chunk
             yield _END, None
         else:
-            yield _OK, _CALLS[op](clients, *args)
+            yield _OK, _CALLS[op](*args)
     except (BrokenPipeError, ConnectionResetError):
         raise
     except Exception as e:  # noqa: BLE001 - every failure goes back to the caller, classified

@@ -20,8 +20,8 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import fastjson, lifecycle, progress, registry
-from transforms.api_process import ApiProcessError, BatchCalls, Created
 from transforms import api_process
+from transforms.api_process import ApiProcessError, BatchCalls, Created
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
@@ -88,7 +88,7 @@ class SubmittedBatch:
     def loaded(self) -> "SubmittedBatch":
         """This batch with its requests (and packed records) in memory."""
         if self.sealed:
-            requests, records = requests_of([open_work(w) for w in self.sealed])
+            requests, records = requests_of(self.sealed)
             return dataclasses.replace(self, requests=tuple(requests), records=records, sealed=())
         if self.requests_path is None:
             return self
@@ -161,7 +161,7 @@ class _CreateBatches(_ApiDoFn):
         budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
         if budget is not None:
             # Opened here too, to be weighed; the API process still gets the sealed ones.
-            requests, _ = requests_of([open_work(w) for w in works])
+            requests, _ = requests_of(works)
             # A batch is billed when it ends: its worst case counts from now on.
             fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
             for request in requests[fits:]:
@@ -207,7 +207,7 @@ class _CreateBatches(_ApiDoFn):
             raise
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
             sent = Sent(submitted_at=submitted_at)
-            requests, _ = requests_of([open_work(w) for w in works])
+            requests, _ = requests_of(works)
             for request in requests:
                 for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
                                         describe_error(e), batch=True):
@@ -228,7 +228,7 @@ class _CreateBatches(_ApiDoFn):
                                           requests_path=lifecycle.requests_path(self._ledger_settings.path, key)))
             return
         if key is not None:
-            requests, records = requests_of([open_work(w) for w in works])
+            requests, records = requests_of(works)
             yield windowed(SubmittedBatch(created.id, submitted_at, tuple(requests), records, key))
             return
         yield windowed(SubmittedBatch(created.id, submitted_at, (), None, None, sealed=tuple(works)))

@@ -62,7 +62,7 @@ def make_client(settings: ApiSettings, api_key: Optional[str] = None):
     )
 
 
-def shared_client(settings: ApiSettings):
+def shared_client(settings: ApiSettings, api_key: Optional[str] = None):
     """The process's client for these settings, built on first use and kept.
 
     Why not one per DoFn setup(): the DirectRunner calls setup() and teardown()
@@ -76,11 +76,14 @@ def shared_client(settings: ApiSettings):
     the key (a later run in the same process with another key gets its own
     client); a Secret Manager version is named by the settings, and is read
     once per process rather than once per bundle.
+    `api_key`, when given, is used instead of the settings' (the API process
+    is handed the job's key with each call) and names the client the same way.
     """
     ident: Tuple[Any, ...] = ("client", settings)
-    if not settings.api_key_secret:
-        ident += (hashlib.sha256(settings.api_key().encode("utf-8")).hexdigest(),)
-    return registry.per_process(ident, lambda: make_client(settings))
+    key = api_key if api_key is not None else (None if settings.api_key_secret else settings.api_key())
+    if key:
+        ident += (hashlib.sha256(key.encode("utf-8")).hexdigest(),)
+    return registry.per_process(ident, lambda: make_client(settings, api_key=api_key))
 
 
 def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.ThreadPoolExecutor:

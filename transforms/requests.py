@@ -296,7 +296,8 @@ def open_work(work: Any) -> Any:
 
 
 def requests_of(works: Sequence[Any]) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
-    """The requests of opened Works, and the records of those that are packs (None if none)."""
+    """The requests of Works (sealed or not), and the records of those that are packs (None if none)."""
+    works = [open_work(w) for w in works]
     requests = [w[0] if isinstance(w, tuple) else w for w in works]
     records = {r.record_id: r for w in works if isinstance(w, tuple) for r in w[1]} or None
     return requests, records
