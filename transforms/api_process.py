@@ -163,12 +163,20 @@ class ApiProcess:
         except ApiProcessError:
             pass  # already marked dead: the next call starts a new helper
 
-    def _turn(self):
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Holds the helper for one call; starts a new helper if the last one died."""
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError("a call to the API process was made while this thread was still "
                                "reading the answer of another (finish or close that stream first)")
-        return _Turn(self, me)
+        with self._lock:
+            self._ensure_running()
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def _send(self, op: str, args: Tuple[Any, ...]) -> None:
         try:
@@ -196,27 +204,6 @@ class ApiProcess:
             self._conn = self._proc = None
         if self._conn is None:
             self._start()
-
-
-class _Turn:
-    """Holds the helper for one call; starts a new helper if the last one died."""
-
-    def __init__(self, owner: ApiProcess, thread: int):
-        self._owner, self._thread = owner, thread
-
-    def __enter__(self):
-        self._owner._lock.acquire()
-        try:
-            self._owner._ensure_running()
-        except BaseException:
-            self._owner._lock.release()
-            raise
-        self._owner._owner = self._thread
-
-    def __exit__(self, *exc):
-        self._owner._owner = None
-        self._owner._lock.release()
-        return False
 
 
 def _socketpair() -> Tuple[int, int]:
