@@ -96,6 +96,14 @@ def test_the_body_the_helper_sends_is_the_one_the_builder_writes(emu, api_env):
     created = calls.create(builder, requests)  # unsealed Works are sent as they are
     _wait_ended(calls, created.id)
     assert emu.stats()["batch_requests_received"] == 3
+    # The helper transformed the schema itself: it started no helper of its own.
+    assert _children(api_process.shared()._proc.pid) == []
+
+
+def _children(pid: int):
+    """The pids of a process's children (Linux's /proc)."""
+    tasks = f"/proc/{pid}/task"
+    return [int(c) for t in os.listdir(tasks) for c in open(f"{tasks}/{t}/children").read().split()]
 
 
 def test_an_api_refusal_comes_back_classified(emu, api_env):

@@ -69,6 +69,10 @@ CLIENT_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "GOOGLE_APPLICATI
 #: How long a closing job waits for its helper to leave before killing it.
 _EXIT_WAIT_S = 2.0
 _OK, _ERR, _CHUNK, _END = "ok", "err", "chunk", "end"
+#: True in the helper itself: there, the SDK is at hand, and a call "to the
+#: helper" would start a helper of the helper (importing the SDK once more on
+#: the core the job is waiting for).
+_SERVING = False
 
 
 class ApiProcessError(RuntimeError):
@@ -299,6 +303,8 @@ class BatchCalls:
 def wire_schema(canonical: str) -> Dict[str, Any]:
     """The output schema as sent (the SDK's transform_schema), computed by the
     helper once per schema and process (a pure function of the schema)."""
+    if _SERVING:  # the helper building a body for a builder that says "ask the helper"
+        return _wire_schema(canonical)
     return shared().call("wire_schema", canonical)
 
 
@@ -404,6 +410,8 @@ def serve(fd: int) -> None:
     # Ctrl-C reaches the whole process group: the job decides what happens,
     # and this process leaves when the job's end of the socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _SERVING
+    _SERVING = True
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s api-process %(levelname)s %(message)s")
     import anthropic  # noqa: F401 - now, while the job starts up, not at its first call
 
