@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from pipeline.build import Job, build, resolve_job
 from pipeline.options import LOCAL, ClaudeOptions, help_parser, validate
 from transforms.client import API_KEY_ENV
 from transforms.costs import PriceError
+from transforms.gctuning import lighter_gc
 from transforms.progress import ProgressLine
 from transforms.task import TaskError
 
@@ -39,11 +39,6 @@ EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
-#: Allocations between young-generation collections while a job runs (Python's
-#: default is 700). A bounded run allocates millions of short-lived, acyclic
-#: objects (rows, requests, decoded elements) that reference counting frees;
-#: collecting every 700 of them cost about a tenth of the batch route's CPU.
-_GC_GEN0_THRESHOLD = 50_000
 #: Set once a streaming job was cancelled: main() must not wait for its threads.
 _STREAMING_THREADS_LEFT = threading.Event()
 
@@ -80,20 +75,6 @@ def _check_paths(job: Job, overwrite: bool) -> None:
 
 class _Aborted(Exception):
     """SIGTERM or Ctrl-C while the job ran."""
-
-
-@contextlib.contextmanager
-def _lighter_gc():
-    """While the job runs: the objects of start-up (modules, the graph) frozen
-    out of every collection, and fewer young-generation collections."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(_GC_GEN0_THRESHOLD, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -254,7 +235,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals(), ProgressLine(), _lighter_gc():
+            with _abort_on_signals(), ProgressLine(), lighter_gc():
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.

@@ -1,4 +1,4 @@
-"""_CollectBatches sums its per-result counts before passing them on: the totals
+"""The Collector sums its per-result counts before passing them on: the totals
 stay what they were when every result was passed on by itself."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from transforms import progress
 from transforms.api_process import BatchState
 from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches
+from transforms.collect import COUNTS, PROGRESS, Collector
 from transforms.client import RetryPolicy
 from transforms.costs import load_prices
 from transforms.outcomes import RowContext
@@ -49,11 +50,16 @@ def test_progress_totals_do_not_depend_on_how_often_the_tally_is_passed_on(monke
     builder = RequestBuilder(task=TASK, run_id="r1")
     requests = [builder.single(Record(f"id-{n}", "k", f"text {n}")) for n in range(5)]
     fn, ctx = _collector(requests, [_line(r, n) for n, r in enumerate(requests)])
-    monkeypatch.setattr(_CollectBatches, "_TALLY_EVERY", every)
+    monkeypatch.setattr(Collector, "COUNT_EVERY", every)
     progress.reset()
     rows = list(fn.process(SubmittedBatch("msgbatch_1", AT, tuple(requests))))
     assert len(rows) == 5
     counts = progress.snapshot()
     assert counts["answered"] == 5
     assert counts["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
-    assert fn._tally == fn._new_tally() and fn._tallied == 0  # nothing left behind
+    assert counts["batches_open"] == -1
+    # The Collector itself: counts come in pieces of `every` results, none empty, none lost.
+    items = list(Collector(fn._calls, *fn._collector_args).collect(SubmittedBatch("msgbatch_1", AT, tuple(requests))))
+    pieces = [value for tag, value in items if tag == COUNTS]
+    assert all(pieces) and len(pieces) == 5 // every + 1  # every `every` results, and the rest at the end
+    assert sum(p.get((PROGRESS, "answered"), 0) for p in pieces) == 5

@@ -75,6 +75,12 @@ _OK, _ERR, _CHUNK, _END = "ok", "err", "chunk", "end"
 _SERVING = False
 
 
+#: The process's helpers, by role: CALLS makes the job's API calls; COLLECT
+#: collects some of a bundle's batches while the job collects the others
+#: (batch_api._CollectBatches), on a machine with a core to spare.
+CALLS, COLLECT = "calls", "collect"
+
+
 class ApiProcessError(RuntimeError):
     """The helper process is gone (crashed, killed) or its answer is unreadable."""
 
@@ -99,7 +105,8 @@ class BatchState:
 class ApiProcess:
     """The job's side of the helper: starts it, sends calls, reads answers."""
 
-    def __init__(self):
+    def __init__(self, role: str = CALLS):
+        self._role = role
         self._lock = threading.Lock()
         self._owner: Optional[int] = None  # the thread in a call: a nested call would deadlock
         self._proc: Optional[subprocess.Popen] = None
@@ -113,7 +120,7 @@ class ApiProcess:
         root = os.path.dirname(os.path.dirname(os.path.abspath(transforms.__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", f"from transforms.api_process import serve; serve({child})"],
+            [sys.executable, "-c", f"from transforms.api_process import serve; serve({child}, {self._role!r})"],
             pass_fds=(child,), env=env, stdin=subprocess.DEVNULL)
         os.close(child)
         self._conn = Connection(parent)
@@ -222,9 +229,14 @@ def _socketpair() -> Tuple[int, int]:
     return a.detach(), b.detach()
 
 
-def shared() -> ApiProcess:
-    """The process's helper, started on first use."""
-    return registry.per_process(("api-process",), ApiProcess)
+def shared(role: str = CALLS) -> ApiProcess:
+    """The process's helper for `role`, started on first use."""
+    return registry.per_process(("api-process", role), lambda: ApiProcess(role))
+
+
+def can_collect_beside() -> bool:
+    """True when a collect process would have a core of its own to work on."""
+    return (os.cpu_count() or 1) >= 2
 
 
 def needs_api_process(argv: Sequence[str]) -> bool:
@@ -242,8 +254,8 @@ def needs_api_process(argv: Sequence[str]) -> bool:
 
 
 def prestart(argv: Sequence[str]) -> None:
-    """Start the helper now if this command line runs a batch-mode job, so that
-    its SDK import overlaps the job's own start-up (Beam's import, the graph)."""
+    """Start the helpers now if this command line runs a batch-mode job, so that
+    their SDK import overlaps the job's own start-up (Beam's import, the graph)."""
     if needs_api_process(argv):
         shared()
 
@@ -251,12 +263,18 @@ def prestart(argv: Sequence[str]) -> None:
 @dataclasses.dataclass(frozen=True)
 class BatchCalls:
     """The Message Batches calls a DoFn makes, through the process's helper.
-    Settings only: safe to pickle with the DoFn."""
+    Settings only: safe to pickle with the DoFn.
+
+    In a helper itself (the collect process collecting a batch) the calls are
+    made right there, with the key the helper was handed (`given_key`)."""
 
     api: ApiSettings
     retry: RetryPolicy
+    given_key: Optional[str] = dataclasses.field(default=None, repr=False, compare=False)
 
     def _key(self) -> str:
+        if self.given_key is not None:
+            return self.given_key
         # Read here, where a scheduler or a test set it; a Secret Manager
         # version once per process (as the client of shared_client held it).
         if self.api.api_key_secret:
@@ -270,7 +288,7 @@ class BatchCalls:
     def create(self, builder: RequestBuilder, works: Sequence[Any]) -> Created:
         """Create a batch of `works` (sealed or not; see requests.seal_work)."""
         with _works_file(works) as path:
-            return shared().call("create", self.api, self._key(), self.retry, builder, path)
+            return _call("create", self.api, self._key(), self.retry, builder, path)
 
     def submit(self, ledger: "LedgerSettings", run_id: str, builder: RequestBuilder, works: Sequence[Any],
                records: Optional[Dict[str, Any]] = None) -> Tuple[Created, bool, str]:
@@ -281,22 +299,43 @@ class BatchCalls:
         packed records when `works` are bare Requests (re-asks). Raises
         lifecycle.SubmissionPending as submit_once does."""
         with _works_file(works) as path:
-            return shared().call("submit", self.api, self._key(), self.retry, ledger, run_id, builder, path,
-                                 records)
+            return _call("submit", self.api, self._key(), self.retry, ledger, run_id, builder, path, records)
+
+    def create_batch(self, builder: RequestBuilder, works: Sequence[Any], ledger: Optional["LedgerSettings"],
+                     run_id: str, records: Optional[Dict[str, Any]] = None) -> Tuple[Created, bool, Optional[str]]:
+        """(created, reused, ledger key): through the ledger when there is one."""
+        if ledger is None:
+            return self.create(builder, works), False, None
+        return self.submit(ledger, run_id, builder, works, records)
 
     def cancel(self, batch_id: str) -> None:
-        shared().call("cancel", self.api, self._key(), self.retry, batch_id)
+        _call("cancel", self.api, self._key(), self.retry, batch_id)
 
     def retrieve(self, batch_id: str) -> BatchState:
-        return shared().call("retrieve", self.api, self._key(), self.retry, batch_id)
+        return _call("retrieve", self.api, self._key(), self.retry, batch_id)
 
     def message(self, params: Dict[str, Any]) -> Dict[str, Any]:
         """One Messages API call: the message as the API's JSON (a dict)."""
-        return shared().call("message", self.api, self._key(), self.retry, params)
+        return _call("message", self.api, self._key(), self.retry, params)
 
     def results(self, batch_id: str) -> Iterator[bytes]:
         """The results file of an ended batch, in chunks of JSONL bytes."""
+        if _SERVING:
+            return _results(self.api, self._key(), batch_id)
         return shared().stream("results", self.api, self._key(), batch_id)
+
+    def collect(self, collector_args: Tuple[Any, ...], submitted: Any) -> str:
+        """Collect `submitted` in the collect process: the path of a file of its
+        items (collect.read_items). `collector_args`: collect.Collector's
+        arguments after `calls`. Blocks until the batch is collected."""
+        return shared(COLLECT).call("collect", self.api, self._key(), self.retry, collector_args, submitted)
+
+
+def _call(op: str, *args: Any) -> Any:
+    """`op` made by the helper, or right here in a helper."""
+    if _SERVING:
+        return _CALLS[op](*args)
+    return shared().call(op, *args)
 
 
 @functools.lru_cache(maxsize=64)
@@ -395,17 +434,31 @@ def _results(api, key, batch_id: str) -> Iterator[bytes]:
         yield from response.iter_bytes(RESULTS_CHUNK_BYTES)
 
 
+def _collect(api, key, retry: RetryPolicy, collector_args, submitted) -> str:
+    from transforms.collect import Collector, write_items
+
+    collector = Collector(BatchCalls(api, retry, given_key=key), *collector_args)
+    fd, path = tempfile.mkstemp(prefix="claude-collected-", suffix=".pickles")
+    os.close(fd)
+    try:
+        write_items(path, collector.collect(submitted))
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
 def _wire_schema(canonical: str) -> Dict[str, Any]:
     from transforms.requests import _wire_schema as in_process
     return in_process(canonical)
 
 
 _CALLS = {"create": _create, "submit": _submit, "cancel": _cancel, "retrieve": _retrieve, "message": _message,
-          "wire_schema": _wire_schema}
+          "wire_schema": _wire_schema, "collect": _collect}
 _STREAMS = {"results": _results}
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, role: str = CALLS) -> None:
     """The helper's loop: one call at a time until the job closes its end."""
     # Ctrl-C reaches the whole process group: the job decides what happens,
     # and this process leaves when the job's end of the socket closes.
@@ -414,6 +467,10 @@ def serve(fd: int) -> None:
     _SERVING = True
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s api-process %(levelname)s %(message)s")
     import anthropic  # noqa: F401 - now, while the job starts up, not at its first call
+    if role == COLLECT:
+        import transforms.collect  # noqa: F401 - likewise (the answers' checks: jsonschema, pyarrow)
+    from transforms import gctuning
+    gctuning.lighten()  # as the job's own process: a collect builds as many short-lived objects
 
     conn = Connection(fd)
     while True:

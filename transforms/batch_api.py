@@ -2,98 +2,40 @@
 
 Two DoFns with a fusion break between them: every batch of a bundle is
 created before any worker starts waiting on one, so batches are processed by
-the API in parallel rather than one after another.
+the API in parallel rather than one after another. Collecting is collect.py's
+Collector; a bounded bundle of several batches shares them with the collect
+process (see _CollectBatches).
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
-import time
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import fastjson, lifecycle, progress, registry
+from transforms import lifecycle, progress
 from transforms import api_process
-from transforms.api_process import ApiProcessError, BatchCalls, Created
+from transforms.api_process import ApiProcessError, BatchCalls
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error
-from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
-from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder, Sealed, open_work, requests_of, seal_work
+from transforms.collect import (COUNTS, DEAD, MAIN, METRIC, Collector, PollSettings, SubmittedBatch, offload_plan,
+                                read_items)
+from transforms.outcomes import RowContext, Sent, failed_request, now
+from transforms.records import Reason, Stage
+from transforms.requests import RequestBuilder, open_work, requests_of, seal_work
 
-__all__ = ["SubmitBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
+__all__ = ["SubmitBatches", "CollectBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
 
 _LOG = logging.getLogger(__name__)
-DEAD = "dead_letter"
-#: Batch item errors worth one more try: the server's fault, not the request's.
-_TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "timeout_error"})
-#: A batch round usually ends within the hour: closer than this to --deadline,
-#: stragglers (expired / errored items) go through the Messages API instead.
-STRAGGLER_WINDOW_S = 3600.0
 #: Creates running while the next batch is built: process() waits beyond it, which bounds
 #: the requests held to about two batches while still overlapping upload and building.
 _CREATES_IN_FLIGHT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PollSettings:
-    """How often to ask whether a batch has ended.
-
-    Against the real API most batches end within an hour, so the interval
-    starts at `initial_s` and grows by `factor` up to `max_s`: a nightly job
-    makes a few hundred cheap retrieve calls, not thousands.
-    """
-
-    initial_s: float = 30.0
-    max_s: float = 300.0
-    factor: float = 1.5
-    timeout_s: float = 25 * 3600.0  # past the API's own 24 h expiry
-
-    def intervals(self) -> Iterator[float]:
-        interval = self.initial_s
-        while True:
-            yield interval
-            interval = min(interval * self.factor, self.max_s)
-
-
-@dataclasses.dataclass(frozen=True)
-class SubmittedBatch:
-    """A created batch and the requests it holds (to match results by custom_id).
-
-    records: the packed records by id, kept only for packs, whose failed ids
-    are re-asked in a follow-up batch (a single record is never re-asked).
-    """
-
-    batch_id: str
-    submitted_at: dt.datetime
-    requests: Tuple[Request, ...]
-    records: Optional[Dict[str, Record]] = None
-    ledger_key: Optional[str] = None
-    #: Set instead of `requests` and `records` when they are in the ledger's
-    #: requests file: the batch then crosses the Reshuffle as a few strings,
-    #: and its collector reads them back (as a `collect` job does).
-    requests_path: Optional[str] = None
-    #: Set instead of `requests` and `records` when the batch was created from
-    #: sealed Works (see requests.seal_work): they cross the Reshuffle as the
-    #: bytes they already are, and are opened once, by the collector.
-    sealed: Tuple[Sealed, ...] = ()
-
-    def loaded(self) -> "SubmittedBatch":
-        """This batch with its requests (and packed records) in memory."""
-        if self.sealed:
-            requests, records = requests_of(self.sealed)
-            return dataclasses.replace(self, requests=tuple(requests), records=records, sealed=())
-        if self.requests_path is None:
-            return self
-        requests, records = lifecycle.read_requests(self.requests_path)
-        return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
 
 
 class _ApiDoFn(beam.DoFn):
@@ -104,23 +46,10 @@ class _ApiDoFn(beam.DoFn):
         self._calls = BatchCalls(api, retry_policy)
         self._ledger_settings = ledger
         self._run_id = run_id
-        self._ledger = None
 
     def setup(self):
         self._calls.check_key()  # no key: fail here, with the reason, not batch by batch
         api_process.shared()     # start the helper (if not yet) while the bundle gets going
-        if self._ledger_settings is not None:
-            # Per process (a GcsLedger holds storage clients; it is thread-safe).
-            self._ledger = registry.per_process(("ledger", self._ledger_settings.path),
-                                                self._ledger_settings.open)
-
-    def _create_batch(self, builder: RequestBuilder, works: Sequence[Any],
-                      records: Optional[Dict[str, Record]] = None) -> Tuple[Created, bool, Optional[str]]:
-        """(created, reused, ledger key): through the ledger when there is one.
-        `records`: the packed records, when `works` are bare Requests (re-asks)."""
-        if self._ledger_settings is None:
-            return self._calls.create(builder, works), False, None
-        return self._calls.submit(self._ledger_settings, self._run_id, builder, works, records)
 
 
 class _CreateBatches(_ApiDoFn):
@@ -140,15 +69,24 @@ class _CreateBatches(_ApiDoFn):
     thread.
     """
 
-    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
+    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None,
+                 share_collect: bool = False):
         super().__init__(api, retry_policy, ledger, ctx.run_id)
         self._builder = builder
         self._ctx = ctx
+        self._share_collect = share_collect
         self._created = Metrics.counter("claude", "batches_created")
         self._reused = Metrics.counter("claude", "batches_reused")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Tuple[Future, Any, Any, Any, List[Any]]] = deque()
+
+    def setup(self):
+        super().setup()
+        if _shares_collect(self._share_collect, self._ctx):
+            # Now, not when collecting starts: its start-up (the SDK's import) then
+            # has the other core to itself, which waits for the first create anyway.
+            api_process.shared(api_process.COLLECT)
 
     def start_bundle(self):
         self._pool = None
@@ -174,7 +112,8 @@ class _CreateBatches(_ApiDoFn):
                 return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-batch")
-        future = self._pool.submit(self._create_batch, self._builder, works)
+        future = self._pool.submit(self._calls.create_batch, self._builder, works, self._ledger_settings,
+                                   self._run_id)
         self._pending.append((future, window, timestamp, submitted_at, works))
         # Emit what has been created; wait for the oldest beyond _CREATES_IN_FLIGHT.
         while self._pending and (self._pending[0][0].done() or len(self._pending) > _CREATES_IN_FLIGHT):
@@ -234,265 +173,109 @@ class _CreateBatches(_ApiDoFn):
         yield windowed(SubmittedBatch(created.id, submitted_at, (), None, None, sealed=tuple(works)))
 
 
-class _CollectBatches(_ApiDoFn):
-    """SubmittedBatch -> result rows + dead letters, streaming the results file.
+def _discard_items(futures: Iterable[Future]) -> None:
+    """Remove the items files of finished collects that were not (wholly) read."""
+    for future in futures:
+        if future.done() and future.exception() is None:
+            try:
+                os.unlink(future.result())
+            except FileNotFoundError:
+                pass  # read to its end: read_items removed it
 
-    For packs, ids the answer failed are re-asked (half packs, then alone) in
-    follow-up batches, up to `max_reasks`, each round created only after the
-    previous one's results have been read.
+
+def _shares_collect(share: bool, ctx: RowContext) -> bool:
+    """Whether a bundle's batches are shared with the collect process: asked
+    for (bounded input), a core to spare, and no --max-cost-usd (its budget is
+    this process's)."""
+    return share and ctx.max_cost_usd is None and api_process.can_collect_beside()
+
+
+class _CollectBatches(_ApiDoFn):
+    """SubmittedBatch -> result rows + dead letters: collect.Collector in a DoFn.
+
+    With `share` (bounded input, a machine with a core to spare, no
+    --max-cost-usd, whose budget lives in this process), a bundle's batches
+    are held until finish_bundle, where some of them go to the collect
+    process (api_process.COLLECT) while this process collects the others:
+    both cores match, check and write rows instead of one. The split
+    (collect.offload_plan) evens out the two sides' work; the collect
+    process's items come back through a file, read a piece at a time.
     """
 
-    #: Results whose counts are summed here before they reach Beam's counters and the
-    #: progress line: passed on per result, five counters (an inc() costs ~0.7 us) and
-    #: two progress updates cost a fifth of handling the result.
-    _TALLY_EVERY = 1000
-
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext,
-                 poll: PollSettings, max_reasks: int, ledger=None, wait: bool = True, sleep=time.sleep):
+                 poll: PollSettings, max_reasks: int, ledger=None, wait: bool = True, share: bool = False):
         super().__init__(api, retry_policy, ledger, ctx.run_id)
-        self._wait = wait
-        self._pending = Metrics.counter("claude", "batches_pending")
-        self._builder = builder
+        # Everything a Collector takes besides its calls (the collect process gets them too).
+        self._collector_args = (builder, ctx, poll, max_reasks, ledger, wait)
         self._ctx = ctx
-        self._poll = poll
-        self._max_reasks = max_reasks
-        self._sleep = sleep
-        self._succeeded = Metrics.counter("claude", "batch_results_succeeded")
-        self._failed = Metrics.counter("claude", "batch_results_failed")
-        self._unknown = Metrics.counter("claude", "batch_results_unknown_custom_id")
-        self._unreadable = Metrics.counter("claude", "batch_results_unreadable_lines")
-        self._reasked = Metrics.counter("claude", "reasked_records")
-        self._resubmitted = Metrics.counter("claude", "resubmitted_records")
-        self._online = Metrics.counter("claude", "stragglers_sent_online")
-        self._invented = Metrics.counter("claude", "invented_ids")
-        self._created = Metrics.counter("claude", "batches_created")
-        self._input_tokens = Metrics.counter("claude", "input_tokens")
-        self._output_tokens = Metrics.counter("claude", "output_tokens")
-        self._tally = self._new_tally()
-        self._tallied = 0
+        self._share = share
+        self._metrics: Dict[str, Any] = {}
+        self._held: List[Tuple[SubmittedBatch, Any, Any]] = []
+        self._shared = Metrics.counter("claude", "batches_collected_beside")
 
-    def _new_tally(self) -> Dict[Any, float]:
-        """Amounts not yet passed on: per Beam counter, and per progress-line name."""
-        return {counter: 0 for counter in (self._input_tokens, self._output_tokens, self._succeeded,
-                                           self._failed, self._invented, "answered", "cost_usd")}
+    def setup(self):
+        super().setup()
+        self._share = _shares_collect(self._share, self._ctx)
+        if self._share:
+            api_process.shared(api_process.COLLECT)  # started by _CreateBatches.setup in the same job
 
-    def _flush_tally(self) -> None:
-        tally, self._tally, self._tallied = self._tally, self._new_tally(), 0
-        for target, amount in tally.items():
-            if not amount:
+    def start_bundle(self):
+        self._held = []
+
+    def process(self, submitted: SubmittedBatch, window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam) -> Iterator:
+        if self._share:
+            self._held.append((submitted, window, timestamp))
+            return
+        yield from self._outputs(self._collector().collect(submitted))
+
+    def finish_bundle(self):
+        held, self._held = self._held, []
+        if len(held) <= 1:
+            for submitted, window, timestamp in held:
+                yield from self._outputs(self._collector().collect(submitted), window, timestamp)
+            return
+        taken = offload_plan([submitted.size() for submitted, _, _ in held])
+        beside: List[Tuple[Future, Any, Any]] = []
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-beside") as pool:
+                # Handed over first, in one queue: the collect process works through
+                # them while this process collects the rest.
+                beside = [(pool.submit(self._calls.collect, self._collector_args, submitted), window, timestamp)
+                          for n, (submitted, window, timestamp) in enumerate(held) if n in taken]
+                for n, (submitted, window, timestamp) in enumerate(held):
+                    if n not in taken:
+                        yield from self._outputs(self._collector().collect(submitted), window, timestamp)
+                for future, window, timestamp in beside:
+                    yield from self._outputs(read_items(future.result()), window, timestamp)
+                    self._shared.inc()
+        except BaseException:
+            _discard_items(future for future, _, _ in beside)  # the bundle is retried: its files are not read
+            raise
+
+    def _collector(self) -> Collector:
+        return Collector(self._calls, *self._collector_args)
+
+    def _outputs(self, items: Iterable[Tuple[str, Any]], window=None, timestamp=None) -> Iterator:
+        """A Collector's items as this DoFn's outputs (windowed when given a window:
+        finish_bundle's outputs), its counts added to Beam's counters and the progress line."""
+        for tag, value in items:
+            if tag == COUNTS:
+                self._add_counts(value)
                 continue
-            if isinstance(target, str):
-                progress.add(target, amount)
+            if window is not None:
+                value = WindowedValue(value, timestamp, (window,))
+            yield value if tag == MAIN else TaggedOutput(DEAD, value)
+
+    def _add_counts(self, counts) -> None:
+        for (kind, name), amount in counts.items():
+            if kind == METRIC:
+                counter = self._metrics.get(name)
+                if counter is None:
+                    counter = self._metrics[name] = Metrics.counter("claude", name)
+                counter.inc(amount)
             else:
-                target.inc(amount)
-
-    def _wait_until_ended(self, batch_id: str):
-        if not self._wait:  # collect job: look once, leave running batches for the next run
-            batch = self._calls.retrieve(batch_id)
-            return batch if batch.processing_status == "ended" else None
-        deadline = time.monotonic() + self._poll.timeout_s
-        for interval in self._poll.intervals():
-            batch = self._calls.retrieve(batch_id)
-            if batch.processing_status == "ended":
-                return batch
-            if time.monotonic() + interval > deadline:
-                return None
-            self._sleep(interval)
-
-    def process(self, submitted: SubmittedBatch) -> Iterator:
-        try:
-            yield from self._collect_rounds(submitted.loaded())
-        finally:
-            self._flush_tally()
-
-    def _collect_rounds(self, submitted: Optional[SubmittedBatch]) -> Iterator:
-        """The batch's results, then those of its re-ask and resubmission rounds."""
-        carried: Dict[str, Dict[str, int]] = {}
-        while submitted is not None:
-            reasks: List[List[str]] = []
-            retries: List[Request] = []
-            for out in self._collect_one(submitted, carried, reasks, retries):
-                yield out
-            if not reasks and not retries:
-                return
-            if retries and self._deadline_near():
-                # No time for another batch round: resend the stragglers now, at list price.
-                for request in retries:
-                    yield from self._send_now(self._builder.again(request), carried)
-                retries = []
-                if not reasks:
-                    return
-            attempt = max(r.attempt for r in submitted.requests) + 1
-            submitted = yield from self._resubmit(submitted, reasks, attempt, carried, retries)
-
-    def _deadline_near(self) -> bool:
-        """True when another batch round would likely end after --deadline."""
-        deadline = self._ctx.deadline_at
-        return deadline is not None and time.time() + STRAGGLER_WINDOW_S > deadline
-
-    def _send_now(self, request: Request, carried) -> Iterator:
-        """One straggler through the Messages API (the same request, billed at list price)."""
-        self._online.inc(len(request.items))
-        submitted_at = now()
-        try:
-            message = self._calls.message(self._builder.params(request))
-        except Exception as e:  # noqa: BLE001 - a refusal dead-letters the straggler
-            sent = Sent(submitted_at=submitted_at, attempts=request.attempt)
-            for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
-                                    describe_error(e), batch=False, carried=carried):
-                yield TaggedOutput(DEAD, d)
-            return
-        sent = Sent(submitted_at=submitted_at, completed_at=now(), attempts=request.attempt)
-        res = resolve(self._ctx, request, sent, message, batch=False, carried=carried, max_reasks=0)
-        yield from res.rows
-        for d in res.dead:
-            yield TaggedOutput(DEAD, d)
-
-    def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]],
-                     retries: List[Request]) -> Iterator:
-        pending: Dict[str, Request] = {r.custom_id: r for r in submitted.requests}
-        batch = self._wait_until_ended(submitted.batch_id)
-        if batch is None and not self._wait:
-            self._pending.inc()
-            _LOG.warning("batch %s has not ended; left for the next collect run", submitted.batch_id)
-            return
-        if batch is None:
-            yield from self._dead_all(submitted, pending, carried, Reason.EXPIRED,
-                                      f"batch {submitted.batch_id} did not end within {self._poll.timeout_s:.0f} s")
-            return
-        completed_at = batch.ended_at or now()
-        # One Sent per attempt number (it is frozen): all a batch's results share it.
-        sents: Dict[int, Sent] = {}
-        for entry in self._results(submitted.batch_id):
-            request = pending.pop(entry["custom_id"], None)
-            if request is None:
-                self._unknown.inc()  # not ours, or a repeated line: never written twice
-                continue
-            sent = sents.get(request.attempt)
-            if sent is None:
-                sent = sents[request.attempt] = Sent(
-                    batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
-                    completed_at=completed_at, attempts=request.attempt)
-            yield from self._outcome(request, sent, entry["result"], carried, reasks, retries)
-        if pending:
-            yield from self._dead_all(submitted, pending, carried, Reason.MISSING_RESULT,
-                                      "the batch ended without a result for this request")
-        progress.add("batches_open", -1)
-        if self._ledger is not None and submitted.ledger_key:
-            lifecycle.mark(self._ledger, submitted.ledger_key, "ended")
-
-    def _results(self, batch_id: str) -> Iterator[Dict[str, Any]]:
-        """The results file, streamed line by line as plain dicts.
-
-        The SDK's results() builds a pydantic object per line (about 0.4 ms
-        each, the largest cost of a 100,000-record batch); the API process
-        reads its streaming response of the same endpoint and hands on the bytes.
-        A line that is not a JSON object with a custom_id and a result is
-        counted and skipped, not fatal: its request then has no result and is
-        dead-lettered as missing, like one the batch left out.
-        """
-        for n, line in enumerate(fastjson.jsonl_lines(self._calls.results(batch_id)), start=1):
-            try:
-                entry = fastjson.loads(line)
-            except ValueError:
-                entry = None
-            if isinstance(entry, dict) and isinstance(entry.get("custom_id"), str) \
-                    and isinstance(entry.get("result"), dict):
-                yield entry
-                continue
-            self._unreadable.inc()
-            # The line's length only: its text may hold customer data.
-            _LOG.warning("batch %s: results line %d (%d bytes) is not a result; skipped",
-                         batch_id, n, len(line))
-
-    def _outcome(self, request: Request, sent: Sent, result: Dict[str, Any], carried, reasks,
-                 retries: List[Request]) -> Iterator:
-        kind = result["type"]
-        if kind == "succeeded":
-            message = result["message"]
-            usage = usage_of(message)
-            res = resolve(self._ctx, request, sent, message, batch=True, carried=carried,
-                          max_reasks=self._max_reasks, usage=usage)
-            tally = self._tally
-            tally[self._input_tokens] += (usage["input_tokens"] + usage["cache_creation_input_tokens"]
-                                          + usage["cache_read_input_tokens"])
-            tally[self._output_tokens] += usage["output_tokens"]
-            tally[self._succeeded] += len(res.rows)
-            tally[self._failed] += len(res.dead)
-            tally[self._invented] += res.invented
-            tally["answered"] += len(res.rows) + len(res.dead)
-            tally["cost_usd"] += self._ctx.prices.cost(self._ctx.model, usage, batch=True)
-            self._tallied += 1
-            if self._tallied >= self._TALLY_EVERY:
-                self._flush_tally()
-            carried.update(res.carried)
-            reasks.extend(res.reasks)
-            yield from res.rows
-            for d in res.dead:
-                yield TaggedOutput(DEAD, d)
-            return
-        reason = {"errored": Reason.ERRORED, "expired": Reason.EXPIRED,
-                  "canceled": Reason.CANCELED}.get(kind, Reason.API_ERROR)
-        message = f"batch result {kind}"
-        error = result.get("error")
-        error_type = None
-        if isinstance(error, dict):
-            inner = error.get("error", error)
-            error_type = inner.get("type")
-            message += f": {error_type or ''}: {inner.get('message', '')}"
-        if request.attempt == 1 and (kind == "expired" or error_type in _TRANSIENT_ERRORS):
-            # Not billed, not the record's fault: resubmitted once, in the next round.
-            self._resubmitted.inc(len(request.items))
-            retries.append(request)
-            return
-        self._failed.inc(len(request.items))
-        for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message, batch=True,
-                                carried=carried):
-            yield TaggedOutput(DEAD, d)
-
-    def _resubmit(self, submitted: SubmittedBatch, reasks: List[List[str]], attempt: int, carried,
-                  retries: Sequence[Request] = ()):
-        """Create the follow-up batch of re-asks and resubmissions; dead-letter them if it is refused."""
-        records = submitted.records or {}
-        requests = [self._builder.request_for([records[i] for i in group], packed=True, attempt=attempt)
-                    for group in reasks]
-        requests += [self._builder.again(r) for r in retries]
-        self._reasked.inc(sum(len(g) for g in reasks))
-        submitted_at = now()
-        budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
-        if budget is not None:
-            fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
-            for request in requests[fits:]:
-                for d in failed_request(self._ctx, request, Sent(submitted_at=submitted_at, attempts=attempt),
-                                        Stage.SUBMIT, Reason.BUDGET,
-                                        f"--max-cost-usd {budget.max_usd:g} reached: not re-asked",
-                                        batch=True, carried=carried):
-                    yield TaggedOutput(DEAD, d)
-            requests = requests[:fits]
-            if not requests:
-                return None
-        try:
-            created, reused, key = self._create_batch(self._builder, requests, records)
-        except Exception as e:  # noqa: BLE001 - refused re-asks become dead letters
-            sent = Sent(submitted_at=submitted_at, attempts=attempt)
-            for request in requests:
-                for d in failed_request(self._ctx, request, sent, Stage.SUBMIT, Reason.API_ERROR,
-                                        describe_error(e), batch=True, carried=carried):
-                    yield TaggedOutput(DEAD, d)
-            return None
-        if not reused:
-            self._created.inc()
-        return SubmittedBatch(created.id, submitted_at, tuple(requests), records, key)
-
-    def _dead_all(self, submitted: SubmittedBatch, pending: Dict[str, Request], carried, reason: Reason,
-                  message: str) -> Iterator:
-        for request in pending.values():
-            sent = Sent(batch_id=submitted.batch_id, submitted_at=submitted.submitted_at,
-                        attempts=request.attempt)
-            self._failed.inc(len(request.items))
-            for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message,
-                                    batch=True, carried=carried):
-                yield TaggedOutput(DEAD, d)
+                progress.add(name, amount)
 
 
 class SubmitBatches(beam.PTransform):
@@ -531,7 +314,8 @@ class SubmitBatches(beam.PTransform):
 
     def expand(self, batches):
         created = batches | "Create batches" >> beam.ParDo(
-            _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger)
+            _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger,
+                           share_collect=not self._streaming and self._stage == "all")
         ).with_outputs(DEAD, main="batches")
         if self._stage == "submit":
             nothing = created.batches | "No results until collect" >> beam.FlatMap(lambda _: ())
@@ -545,19 +329,17 @@ class SubmitBatches(beam.PTransform):
         collected = (batches
                      | "Collect batches" >> beam.ParDo(
                          _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
-                                         self._max_reasks, self._ledger)
+                                         self._max_reasks, self._ledger, share=not self._streaming)
                      ).with_outputs(DEAD, main="results"))
         dead = (created[DEAD], collected[DEAD]) | "Merge batch dead letters" >> beam.Flatten()
         return {"results": collected.results, "dead_letter": dead}
 
 
-class _LoadSubmission(beam.DoFn):
-    """(ledger key, batch_id, requests file) -> SubmittedBatch."""
-
-    def process(self, element) -> Iterator[SubmittedBatch]:
-        key, batch_id, path = element
-        requests, records = lifecycle.read_requests(path)
-        yield SubmittedBatch(batch_id, now(), tuple(requests), records, key)
+def _submission(element: Tuple[str, str, str]) -> SubmittedBatch:
+    """(ledger key, batch_id, requests file) -> a SubmittedBatch whose collector
+    reads the requests file (they cross the Reshuffle as three strings)."""
+    key, batch_id, path = element
+    return SubmittedBatch(batch_id, now(), (), None, key, requests_path=path)
 
 
 class CollectBatches(beam.PTransform):
@@ -576,8 +358,8 @@ class CollectBatches(beam.PTransform):
     def expand(self, pbegin):
         collected = (pbegin
                      | "Open batches" >> beam.Create(self._open)
-                     | "Load submissions" >> beam.ParDo(_LoadSubmission())
+                     | "Load submissions" >> beam.Map(_submission)
                      | "Spread batches" >> beam.Reshuffle()
-                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False)
+                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False, share=True)
                                                        ).with_outputs(DEAD, main="results"))
         return {"results": collected.results, "dead_letter": collected[DEAD]}
