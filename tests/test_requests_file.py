@@ -12,6 +12,7 @@ import math
 import os
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +52,12 @@ def _requests():
         {r.record_id: r for r in recs[4:]}
 
 
-def test_a_written_file_is_one_gzip_layer_of_columns_and_reads_back_equal(tmp_path):
+def test_a_written_file_is_one_zstd_frame_of_columns_and_reads_back_equal(tmp_path):
     requests, records = _requests()
-    path = str(tmp_path / "r.json.gz")
+    path = str(tmp_path / "r.json.zst")
     lifecycle.write_requests(path, requests, records)
     with open(path, "rb") as f:
-        body = json.loads(gzip.decompress(f.read()))  # zcat shows the JSON: no second layer
+        body = json.loads(zstandard.ZstdDecompressor().decompress(f.read()))  # `zstd -dc` shows the JSON
     assert body["format"] == 2
     assert body["requests"]["custom_id"] == [r.custom_id for r in requests]
     assert len(body["items"]["record_id"]) == sum(len(r.items) for r in requests)
@@ -65,16 +66,29 @@ def test_a_written_file_is_one_gzip_layer_of_columns_and_reads_back_equal(tmp_pa
     assert lifecycle.read_requests(path) == ([], None)
 
 
+def test_a_file_of_the_gzip_releases_still_reads_back(tmp_path):
+    """Format 2 as the releases before zstd wrote it: one gzip layer."""
+    requests, records = _requests()
+    path = str(tmp_path / "r.json.zst")
+    lifecycle.write_requests(path, requests, records)
+    with open(path, "rb") as f:
+        body = zstandard.ZstdDecompressor().decompress(f.read())
+    old = str(tmp_path / "old.json.gz")
+    with open(old, "wb") as f:
+        f.write(gzip.compress(body, 1))
+    assert lifecycle.read_requests(old) == (requests, records)
+
+
 def _write_body(path, body):
     with open(path, "wb") as f:
-        f.write(gzip.compress(json.dumps(body).encode()))
+        f.write(zstandard.ZstdCompressor().compress(json.dumps(body).encode()))
 
 
 def _body(tmp_path):
-    path = str(tmp_path / "r.json.gz")
+    path = str(tmp_path / "r.json.zst")
     lifecycle.write_requests(path, [V1_SINGLE, V1_PACK], None)
     with open(path, "rb") as f:
-        return path, json.loads(gzip.decompress(f.read()))
+        return path, json.loads(zstandard.ZstdDecompressor().decompress(f.read()))
 
 
 def test_a_column_the_file_predates_takes_the_fields_default(tmp_path):
@@ -149,4 +163,4 @@ def test_a_file_url_ledger_writes_and_reads_its_requests_files_whole(tmp_path):
     lifecycle.write_requests(path, [V1_PACK, V1_SINGLE], None)
     assert lifecycle.read_requests(path) == ([V1_PACK, V1_SINGLE], None)
     written = [p.name for p in (tmp_path / "a ledger" / "requests").iterdir()]
-    assert written == ["k" * 64 + ".json.gz"]  # no partial file left beside it
+    assert written == ["k" * 64 + ".json.zst"]  # no partial file left beside it

@@ -24,6 +24,8 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import zstandard
+
 from transforms import fastjson, registry
 from transforms import ledger as ledger_mod
 from transforms.records import Record
@@ -65,13 +67,16 @@ def _digest_line(value: Any) -> bytes:
 
 
 def requests_path(ledger_path: str, key: str) -> str:
-    return f"{ledger_path.rstrip('/')}/requests/{key}.json.gz"
+    """Where the requests file of submission `key` is written (readers take
+    the path its ledger entry recorded: files of earlier releases end in .json.gz)."""
+    return f"{ledger_path.rstrip('/')}/requests/{key}.json.zst"
 
 
 # ---------------------------------------------------------------------------
 # The requests file
 #
-# One gzipped JSON object. Written since format 2 as columns: each field of
+# One JSON object, compressed with zstd (gzip before this release: read_requests
+# reads both, told apart by their first bytes). Written since format 2 as columns: each field of
 # Request and Item is one JSON array, so reading 100,000 requests parses a
 # few dozen arrays of strings and numbers instead of 400,000 small objects
 # (whose allocation alone set off the garbage collector's full passes over
@@ -82,12 +87,16 @@ def requests_path(ledger_path: str, key: str) -> str:
 #: Layout version written by write_requests; files without one are the
 #: per-request layout of earlier releases.
 _FORMAT = 2
-#: gzip's magic number: a file of an earlier release still starts with it
-#: after its outer layer (Beam's) is removed.
+#: gzip's magic number: files of earlier releases start with it, the first
+#: ones even after their outer layer (Beam's) is removed.
 _GZIP_MAGIC = b"\x1f\x8b"
-#: Level 1: these files are written on the hot path and read once; a higher
-#: level costs several times the CPU for a few percent of size.
-_GZIP_LEVEL = 1
+#: zstd's magic number: the first bytes of a file of this release.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: Level 1: these files are written on the hot path (by the API process, on
+#: the core the creates wait for) and read once. On a 27,000-request file
+#: (18 MB of JSON): 0.03 s and 4.1 MB, where gzip's level 1 took 0.19 s and
+#: wrote 5.9 MB; reading back 0.02 s instead of 0.07 s.
+_ZSTD_LEVEL = 1
 
 _REQUEST_ORDER = [f.name for f in dataclasses.fields(Request)]
 _REQUEST_FIELDS = [name for name in _REQUEST_ORDER if name != "items"]
@@ -151,7 +160,7 @@ def _request_from_json(d: Dict[str, Any]) -> Request:
 
 
 def write_requests(path: str, requests: Sequence[Request], records: Optional[Dict[str, Record]]) -> None:
-    """The requests of one submission (and packed records), gzipped JSON."""
+    """The requests of one submission (and packed records), as zstd-compressed JSON."""
     # Requests hold only strings, ints and booleans: orjson writes them as
     # json would. Records' attrs may hold anything (floats, NaN, dates), so
     # they keep json's exact form.
@@ -159,14 +168,20 @@ def write_requests(path: str, requests: Sequence[Request], records: Optional[Dic
     kept = (json.dumps([{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()],
                        ensure_ascii=False, default=str).encode("utf-8") if records else b"null")
     # The records go in as one more member of the columns' object (whose last byte is "}").
-    _write_file(path, gzip.compress(encoded[:-1] + b',"records":' + kept + b"}", _GZIP_LEVEL))
+    # The frame records its content size: a reader allocates the JSON's bytes once.
+    body = encoded[:-1] + b',"records":' + kept + b"}"
+    _write_file(path, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body))
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
     """The requests (and packed records) of a file written by any release."""
-    data = gzip.decompress(_read_file(path))
-    if data[:2] == _GZIP_MAGIC:
-        data = gzip.decompress(data)  # an earlier release's file: gzipped twice
+    data = _read_file(path)
+    if data[:4] == _ZSTD_MAGIC:
+        data = zstandard.ZstdDecompressor().decompress(data)
+    else:  # an earlier release's file: gzipped once, or (the first ones) twice
+        data = gzip.decompress(data)
+        if data[:2] == _GZIP_MAGIC:
+            data = gzip.decompress(data)
     body = fastjson.loads(data)
     version = body.get("format")
     if version == _FORMAT:
