@@ -100,8 +100,10 @@ def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
 
 
 def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
-                runner_supports_id_label: bool = False) -> Job:
-    """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
+                runner_supports_id_label: bool = False, one_process: bool = False) -> Job:
+    """Options -> Job. Raises ValueError/TaskError with the flag or field at fault.
+    `one_process`: the runner runs the job in this process (the DirectRunner's
+    default), which then shares collecting with a helper process."""
     task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
@@ -149,7 +151,7 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
             limits=Limits(rpm=opts.rpm, itpm=opts.itpm, otpm=opts.otpm, rpd=opts.rpd),
             redis_url=opts.rate_limit_redis, max_in_flight=getattr(opts, "max_in_flight", None),
             shed_to=getattr(opts, "shed_to", "wait"), urgent_field=getattr(opts, "urgent_field", None)),
-        ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all")
+        ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all", share_collect=one_process)
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
     return Job(task=task, input=opts.input, input_format=opts.input_format,
@@ -173,7 +175,8 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
     if job.lifecycle == "collect":
         s = job.process
         out = p | "Collect recorded batches" >> CollectBatches(
-            open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll)
+            open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll,
+            share_collect=s.share_collect)
         results, dead = out["results"], out["dead_letter"]
         prefix = "part-collect-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     else:

@@ -44,6 +44,19 @@ def test_items_come_back_in_order_and_their_file_is_removed(tmp_path):
     assert not os.path.exists(path)
 
 
+@pytest.mark.parametrize("argv, shared", [
+    ([], True),                                                  # the DirectRunner, in this process
+    (["--direct_running_mode", "multi_threading"], True),
+    (["--direct_running_mode", "multi_processing"], False),      # a process per worker already
+    (["--runner", "DataflowRunner"], False),                     # a process per core already
+])
+def test_only_a_job_run_in_one_process_shares_its_collecting(argv, shared):
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from pipeline.run import _runs_in_this_process
+    options = PipelineOptions(argv)
+    assert _runs_in_this_process(options, options.view_as(StandardOptions).runner or "DirectRunner") == shared
+
+
 def _args(emu, out, data, *extra):
     return ["--task", TASK, "--input", str(data), "--output", str(out), "--pack-key-field", "customer_id",
             "--api-base", emu.base_url, "--poll-interval-s", "0.05", "--poll-max-interval-s", "0.2", *extra]

@@ -296,9 +296,11 @@ class SubmitBatches(beam.PTransform):
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
                  poll: PollSettings = PollSettings(), retry_policy: Optional[RetryPolicy] = None,
                  max_reasks: int = 2, ledger: Optional[lifecycle.LedgerSettings] = None,
-                 lifecycle_stage: str = "all", streaming: bool = False):
+                 lifecycle_stage: str = "all", streaming: bool = False, share_collect: bool = False):
         super().__init__()
         self._streaming = streaming
+        # Streaming: each flush is collected as it comes, never held for a bundle's end.
+        self._share_collect = share_collect and not streaming
         if lifecycle_stage not in ("all", "submit"):
             raise ValueError(f"SubmitBatches runs lifecycle 'all' or 'submit', not {lifecycle_stage!r}")
         if lifecycle_stage == "submit" and ledger is None:
@@ -315,7 +317,7 @@ class SubmitBatches(beam.PTransform):
     def expand(self, batches):
         created = batches | "Create batches" >> beam.ParDo(
             _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger,
-                           share_collect=not self._streaming and self._stage == "all")
+                           share_collect=self._share_collect and self._stage == "all")
         ).with_outputs(DEAD, main="batches")
         if self._stage == "submit":
             nothing = created.batches | "No results until collect" >> beam.FlatMap(lambda _: ())
@@ -329,7 +331,7 @@ class SubmitBatches(beam.PTransform):
         collected = (batches
                      | "Collect batches" >> beam.ParDo(
                          _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
-                                         self._max_reasks, self._ledger, share=not self._streaming)
+                                         self._max_reasks, self._ledger, share=self._share_collect)
                      ).with_outputs(DEAD, main="results"))
         dead = (created[DEAD], collected[DEAD]) | "Merge batch dead letters" >> beam.Flatten()
         return {"results": collected.results, "dead_letter": dead}
@@ -350,16 +352,17 @@ class CollectBatches(beam.PTransform):
     def __init__(self, open_batches: Sequence[Tuple[str, str, str]], api: ApiSettings,
                  builder: RequestBuilder, ctx: RowContext, ledger: lifecycle.LedgerSettings,
                  retry_policy: Optional[RetryPolicy] = None, max_reasks: int = 2,
-                 poll: PollSettings = PollSettings()):
+                 poll: PollSettings = PollSettings(), share_collect: bool = False):
         super().__init__()
         self._open = list(open_batches)
         self._args = (api, retry_policy or RetryPolicy(), builder, ctx, poll, max_reasks, ledger)
+        self._share_collect = share_collect
 
     def expand(self, pbegin):
         collected = (pbegin
                      | "Open batches" >> beam.Create(self._open)
                      | "Load submissions" >> beam.Map(_submission)
                      | "Spread batches" >> beam.Reshuffle()
-                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False, share=True)
+                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False, share=self._share_collect)
                                                        ).with_outputs(DEAD, main="results"))
         return {"results": collected.results, "dead_letter": collected[DEAD]}
