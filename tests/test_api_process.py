@@ -20,7 +20,7 @@ from transforms import api_process, requests as requests_mod
 from transforms.api_process import ApiProcessError, BatchCalls, needs_api_process
 from transforms.client import ApiSettings, RetryPolicy, describe_error
 from transforms.records import Record
-from transforms.requests import RequestBuilder, seal_work
+from transforms.requests import RequestBuilder, open_work, seal_work
 from transforms.retry import Decision, Kind, RemoteError, classify
 from transforms.task import load_task
 
@@ -82,7 +82,7 @@ def test_create_retrieve_and_stream_results_through_the_helper(emu, api_env):
     assert state.id == created.id and state.ended_at is not None
     lines = b"".join(calls.results(created.id)).splitlines()
     ids = sorted(json.loads(line)["custom_id"] for line in lines)
-    assert ids == sorted(pickle.loads(s[2]).custom_id for s in sealed)
+    assert ids == sorted(open_work(s).custom_id for s in sealed)
     assert emu.stats()["batch_requests_received"] == 5
 
 
@@ -90,7 +90,7 @@ def test_the_body_the_helper_sends_is_the_one_the_builder_writes(emu, api_env):
     emu.reset()
     calls = _calls(emu)
     builder = dataclasses.replace(_builder(), schemas_by_api_process=True)
-    requests = [pickle.loads(s[2]) for s in _sealed(builder, 3)]
+    requests = [open_work(s) for s in _sealed(builder, 3)]
     assert builder.output_schema(False) == requests_mod._wire_schema(
         json.dumps(dict(builder.task.output_schema), sort_keys=True))  # the SDK's transform, in this process
     created = calls.create(builder, requests)  # unsealed Works are sent as they are
@@ -180,7 +180,7 @@ def test_the_emulator_receives_a_create_before_it_processes_earlier_batches(api_
     with emulator.running() as emu:
         calls, builder = _calls(emu), _builder()
         # A create held half sent...
-        body = builder.batch_body([pickle.loads(s[2]) for s in _sealed(builder, 3, "held")])
+        body = builder.batch_body([open_work(s) for s in _sealed(builder, 3, "held")])
         url = urllib.parse.urlparse(emu.base_url)
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
         conn.putrequest("POST", "/v1/messages/batches")
@@ -214,7 +214,7 @@ def test_submit_records_the_batch_in_the_ledger_and_a_second_submit_reuses_it(em
     entry = settings.open().get(key)  # written by the helper, read here
     assert entry.batch_id == created.id and entry.state == ledger_mod.CREATED
     requests, _ = lifecycle.read_requests(lifecycle.requests_path(settings.path, key))
-    assert [r.custom_id for r in requests] == [pickle.loads(s[2]).custom_id for s in sealed]
+    assert [r.custom_id for r in requests] == [open_work(s).custom_id for s in sealed]
     again, reused, same_key = calls.submit(settings, "run-1", builder, sealed)
     assert reused and again.id == created.id and same_key == key
     assert emu.stats()["batches_created"] == 1  # nothing created (or paid) twice
