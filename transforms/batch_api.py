@@ -235,6 +235,8 @@ class _CollectBatches(_ApiDoFn):
             for submitted, window, timestamp in held:
                 yield from self._outputs(self._collector().collect(submitted), window, timestamp)
             return
+        # Oldest first on both sides: the batches most likely to have ended already.
+        held.sort(key=lambda h: h[0].submitted_at)
         taken = offload_plan([submitted.size() for submitted, _, _ in held])
         beside: List[Tuple[Future, Any, Any]] = []
         try:
