@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -121,3 +122,43 @@ def test_a_value_nested_past_the_limit_is_parsed_where_it_stands():
         assert_same(raw)
     finally:
         sys.setrecursionlimit(limit)
+
+
+def test_the_receive_buffer_hands_out_exact_sizes_and_reuses_large_ones():
+    from emulator.server import ReceiveBuffer
+    buffers = ReceiveBuffer()
+    big = ReceiveBuffer.MIN_BYTES
+    first = buffers.take(big + 10)
+    assert len(first) == big + 10
+    buffers.give_back(first)
+    again = buffers.take(big + 3)  # smaller: the same memory, cut to size
+    assert again is first and len(again) == big + 3
+    assert len(buffers.take(big)) == big  # taken already: a fresh one
+    buffers.give_back(again)
+    assert len(buffers.take(big + 100)) == big + 100  # larger: grown to size
+    buffers.give_back(bytearray(10))  # small bodies are not kept
+    assert len(buffers.take(20)) == 20
+
+
+def test_large_creates_in_a_row_each_get_their_own_requests(api_env):
+    """Each large body is read into the previous one's memory: every batch
+    still holds exactly the requests it was sent."""
+    import anthropic
+    import emulator
+    from emulator.server import ReceiveBuffer
+    system = "x" * 9_000
+    with emulator.running() as emu:
+        client = anthropic.Anthropic(base_url=emu.base_url)
+        batches = {}
+        for n, count in enumerate((2_100, 1_900, 2_000)):  # each body over ReceiveBuffer.MIN_BYTES
+            requests = [{"custom_id": f"b{n}-{i}", "params": {
+                "model": "claude-haiku-4-5", "max_tokens": 16, "system": system,
+                "messages": [{"role": "user", "content": f"batch {n} request {i}"}]}} for i in range(count)]
+            assert len(json.dumps({"requests": requests})) > ReceiveBuffer.MIN_BYTES
+            batches[client.messages.batches.create(requests=requests).id] = {r["custom_id"] for r in requests}
+        for batch_id, ids in batches.items():
+            for _ in range(200):
+                if client.messages.batches.retrieve(batch_id).processing_status == "ended":
+                    break
+                time.sleep(0.05)
+            assert {r.custom_id for r in client.messages.batches.results(batch_id)} == ids
