@@ -102,3 +102,11 @@ def test_a_cost_limit_keeps_every_batch_in_the_job(emu, api_env, tmp_path):
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     assert metrics.get("batches_collected_beside", 0) == 0
     assert metrics["batch_results_succeeded"] == len(results) == 300
+
+
+def test_a_batch_read_back_from_its_requests_file_is_weighed_by_its_count():
+    import datetime as dt
+    from transforms.collect import SubmittedBatch
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    assert SubmittedBatch("b", at, (), None, "k", requests_path="p", request_count=27_000).size() == 27_000
+    assert SubmittedBatch("b", at, (), None, "k", requests_path="p").size() == 1  # nothing says: equal shares

@@ -164,7 +164,8 @@ class _CreateBatches(_ApiDoFn):
             # This job just wrote the requests file: the collector reads it back,
             # so all of a run's requests are not held between create and collect.
             yield windowed(SubmittedBatch(created.id, submitted_at, (), None, key,
-                                          requests_path=lifecycle.requests_path(self._ledger_settings.path, key)))
+                                          requests_path=lifecycle.requests_path(self._ledger_settings.path, key),
+                                          request_count=len(works)))
             return
         if key is not None:
             requests, records = requests_of(works)

@@ -88,6 +88,8 @@ class SubmittedBatch:
     #: sealed Works (see requests.seal_work): they cross the Reshuffle as the
     #: bytes they already are, and are opened once, by the collector.
     sealed: Tuple[Sealed, ...] = ()
+    #: How many requests the batch holds, when `requests` are not in memory.
+    request_count: int = 0
 
     def loaded(self) -> "SubmittedBatch":
         """This batch with its requests (and packed records) in memory."""
@@ -100,8 +102,9 @@ class SubmittedBatch:
         return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
 
     def size(self) -> int:
-        """Requests in the batch (known without opening a requests file: 1 per file then)."""
-        return len(self.requests) or len(self.sealed) or 1
+        """Requests in the batch, as far as known without reading its requests
+        file (1 when nothing says)."""
+        return len(self.requests) or len(self.sealed) or self.request_count or 1
 
 
 class Collector:
