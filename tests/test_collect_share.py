@@ -110,3 +110,42 @@ def test_a_batch_read_back_from_its_requests_file_is_weighed_by_its_count():
     at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     assert SubmittedBatch("b", at, (), None, "k", requests_path="p", request_count=27_000).size() == 27_000
     assert SubmittedBatch("b", at, (), None, "k", requests_path="p").size() == 1  # nothing says: equal shares
+
+
+def test_the_collect_process_collects_a_batch_and_a_dead_one_is_replaced(emu, api_env):
+    """BatchCalls.collect end to end (a batch created through the API process,
+    collected by the collect process into an items file); killed, the collect
+    process fails the call (the bundle is retried) and the next call starts a new one."""
+    import datetime as dt
+    from transforms.api_process import ApiProcessError, BatchCalls
+    from transforms.client import ApiSettings, RetryPolicy
+    from transforms.collect import COUNTS, PollSettings, SubmittedBatch
+    from transforms.costs import load_prices
+    from transforms.outcomes import RowContext
+    from transforms.records import Record
+    from transforms.requests import RequestBuilder, seal_work
+    from transforms.task import load_task
+    task = load_task(TASK)
+    builder = RequestBuilder(task=task, run_id="share-test", schemas_by_api_process=True)
+    ctx = RowContext(run_id="share-test", mode="batch", model=task.model, prompt_sha256=task.prompt_sha256,
+                     output_schema=task.output_schema, prices=load_prices())
+    calls = BatchCalls(ApiSettings(base_url=emu.base_url), RetryPolicy(max_attempts=1))
+    sealed = tuple(seal_work(builder.single(Record(f"s-{i}", "k", f"text {i}", {"channel": "email", "subject": "s"})))
+                   for i in range(7))
+    created = calls.create(builder, sealed)
+    submitted = SubmittedBatch(created.id, dt.datetime.now(dt.timezone.utc), (), None, None, sealed=sealed)
+    args = (builder, ctx, PollSettings(initial_s=0.05, max_s=0.2), 2, None, True)
+
+    items = list(read_items(calls.collect(args, submitted)))
+    assert sorted(row["record_id"] for tag, row in items if tag == MAIN) == [f"s-{i}" for i in range(7)]
+    assert sum(c.get(("metric", "batch_results_succeeded"), 0) for tag, c in items if tag == COUNTS) == 7
+
+    helper = api_process.shared(api_process.COLLECT)
+    old = helper._proc
+    old.kill()
+    old.wait()
+    with pytest.raises(ApiProcessError, match="the API process stopped"):
+        calls.collect(args, submitted)
+    again = list(read_items(calls.collect(args, submitted)))  # a new collect process
+    assert helper._proc is not old
+    assert sorted(row["record_id"] for tag, row in again if tag == MAIN) == [f"s-{i}" for i in range(7)]
