@@ -254,8 +254,9 @@ def needs_api_process(argv: Sequence[str]) -> bool:
 
 
 def prestart(argv: Sequence[str]) -> None:
-    """Start the helpers now if this command line runs a batch-mode job, so that
-    their SDK import overlaps the job's own start-up (Beam's import, the graph)."""
+    """Start the API process now if this command line runs a batch-mode job, so
+    that its SDK import overlaps the job's own start-up (Beam's import, the graph).
+    (The collect process starts later, see batch_api._CreateBatches.setup.)"""
     if needs_api_process(argv):
         shared()
 
@@ -287,8 +288,8 @@ class BatchCalls:
 
     def create(self, builder: RequestBuilder, works: Sequence[Any]) -> Created:
         """Create a batch of `works` (sealed or not; see requests.seal_work)."""
-        with _works_file(works) as path:
-            return _call("create", self.api, self._key(), self.retry, builder, path)
+        with _handed_over(works) as handle:
+            return _call("create", self.api, self._key(), self.retry, builder, handle)
 
     def submit(self, ledger: "LedgerSettings", run_id: str, builder: RequestBuilder, works: Sequence[Any],
                records: Optional[Dict[str, Any]] = None) -> Tuple[Created, bool, str]:
@@ -298,8 +299,8 @@ class BatchCalls:
         of a create is made by the process that made it. `records`: the
         packed records when `works` are bare Requests (re-asks). Raises
         lifecycle.SubmissionPending as submit_once does."""
-        with _works_file(works) as path:
-            return _call("submit", self.api, self._key(), self.retry, ledger, run_id, builder, path, records)
+        with _handed_over(works) as handle:
+            return _call("submit", self.api, self._key(), self.retry, ledger, run_id, builder, handle, records)
 
     def create_batch(self, builder: RequestBuilder, works: Sequence[Any], ledger: Optional["LedgerSettings"],
                      run_id: str, records: Optional[Dict[str, Any]] = None) -> Tuple[Created, bool, Optional[str]]:
@@ -320,9 +321,7 @@ class BatchCalls:
 
     def results(self, batch_id: str) -> Iterator[bytes]:
         """The results file of an ended batch, in chunks of JSONL bytes."""
-        if _SERVING:
-            return _results(self.api, self._key(), batch_id)
-        return shared().stream("results", self.api, self._key(), batch_id)
+        return _stream("results", self.api, self._key(), batch_id)
 
     def collect(self, collector_args: Tuple[Any, ...], submitted: Any) -> str:
         """Collect `submitted` in the collect process: the path of a file of its
@@ -332,24 +331,34 @@ class BatchCalls:
 
 
 def _call(op: str, *args: Any) -> Any:
-    """`op` made by the helper, or right here in a helper."""
+    """`op` made by the helper, or right here in a helper (which would otherwise
+    start a helper of its own)."""
     if _SERVING:
         return _CALLS[op](*args)
     return shared().call(op, *args)
+
+
+def _stream(op: str, *args: Any) -> Iterator[Any]:
+    """The chunks of stream `op`, from the helper or, in a helper, from right here."""
+    if _SERVING:
+        return _STREAMS[op](*args)
+    return shared().stream(op, *args)
 
 
 @functools.lru_cache(maxsize=64)
 def wire_schema(canonical: str) -> Dict[str, Any]:
     """The output schema as sent (the SDK's transform_schema), computed by the
     helper once per schema and process (a pure function of the schema)."""
-    if _SERVING:  # the helper building a body for a builder that says "ask the helper"
-        return _wire_schema(canonical)
-    return shared().call("wire_schema", canonical)
+    return _call("wire_schema", canonical)
 
 
 @contextlib.contextmanager
-def _works_file(works: Sequence[Any]) -> Iterator[str]:
-    """The works pickled into a temporary file (one write), removed afterwards."""
+def _handed_over(works: Sequence[Any]) -> Iterator[Any]:
+    """How `works` reach the op that opens them (_load): pickled into a temporary
+    file (one write), removed afterwards; in a helper, the list itself."""
+    if _SERVING:
+        yield list(works)
+        return
     fd, path = tempfile.mkstemp(prefix="claude-batch-", suffix=".pickle")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -366,9 +375,11 @@ def _works_file(works: Sequence[Any]) -> Iterator[str]:
 # The helper's side
 # --------------------------------------------------------------------------
 
-def _load(path: str):
-    """The requests (and packed records) of a works file."""
-    with open(path, "rb") as f:
+def _load(handle: Any):
+    """The requests (and packed records) of works handed over (a works file, or the works)."""
+    if isinstance(handle, list):
+        return requests_of(handle)
+    with open(handle, "rb") as f:
         return requests_of(pickle.load(f))
 
 
@@ -390,16 +401,16 @@ def _items(requests) -> int:
     return sum(len(r.items) for r in requests)
 
 
-def _create(api, key, retry: RetryPolicy, builder: RequestBuilder, path: str) -> Created:
-    requests, _ = _load(path)
+def _create(api, key, retry: RetryPolicy, builder: RequestBuilder, handle: Any) -> Created:
+    requests, _ = _load(handle)
     return Created(_post(shared_client(api, key), retry, builder, requests).id, _items(requests))
 
 
 def _submit(api, key, retry: RetryPolicy, ledger_settings, run_id: str,
-            builder: RequestBuilder, path: str, records) -> Tuple[Created, bool, str]:
+            builder: RequestBuilder, handle: Any, records) -> Tuple[Created, bool, str]:
     from transforms import lifecycle
 
-    requests, packed = _load(path)
+    requests, packed = _load(handle)
     client = shared_client(api, key)
     ledger = registry.per_process(("ledger", ledger_settings.path), ledger_settings.open)
     batch_id, reused, ledger_key = lifecycle.submit_once(

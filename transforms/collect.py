@@ -406,7 +406,7 @@ def write_items(path: str, items: Iterable[Tuple[str, Any]]) -> int:
     return written
 
 
-def read_items(path: str, remove: bool = True) -> Iterator[Tuple[str, Any]]:
+def read_items(path: str) -> Iterator[Tuple[str, Any]]:
     """The items of a file write_items wrote, a pickle at a time; the file is removed after."""
     try:
         with open(path, "rb") as f:
@@ -417,8 +417,7 @@ def read_items(path: str, remove: bool = True) -> Iterator[Tuple[str, Any]]:
                     return
                 yield from chunk
     finally:
-        if remove:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
