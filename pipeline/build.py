@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import apache_beam as beam
 
+from pipeline import backend
 from pipeline.options import ClaudeOptions
 from transforms import api_process
 from transforms.batch_api import PollSettings
@@ -21,6 +22,7 @@ from transforms.lifecycle import LedgerSettings
 from transforms.normalize import FieldMap
 from transforms.outcomes import RowContext, dead_letter_row
 from transforms.messages_api import MessagesSettings
+from transforms.modes import BATCH_MODES
 from transforms.process import ProcessSettings, ProcessWithClaude
 from transforms.ratelimit import Limits
 from transforms.pubsub_source import ReadPubSubRecords, to_json_bytes
@@ -95,7 +97,7 @@ def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
     if not getattr(opts, "deadline", None):
         return None
     import time
-    from pipeline.plan import parse_deadline
+    from transforms.planning import parse_deadline
     return time.time() + parse_deadline(opts.deadline)
 
 
@@ -114,7 +116,7 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
     run_id = opts.run_id or default_run_id(task, source, opts.mode, day)
     ledger = None
     # Works shed to the batch route are submitted through the ledger too.
-    if opts.mode in ("batch", "packed-batch") or getattr(opts, "shed_to", "wait") == "batch":
+    if opts.mode in BATCH_MODES or getattr(opts, "shed_to", "wait") == "batch":
         if opts.ledger:
             ledger = LedgerSettings(_dated(opts.ledger, day))
         elif local:
@@ -127,7 +129,7 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
     ctx = RowContext(run_id=run_id, mode=opts.mode, model=task.model,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
                      max_cost_usd=getattr(opts, "max_cost_usd", None),
-                     deadline_at=_deadline_at(opts))
+                     deadline_at=_deadline_at(opts), api_base=backend.provenance(api_base, local))
     # Batch modes make their API calls from the API process, which also
     # transforms the output schema: the job's process never imports the SDK.
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,

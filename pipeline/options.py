@@ -6,15 +6,16 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.backend import LOCAL
 from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
 from transforms.normalize import DEFAULT_MAX_TEXT_BYTES
+from transforms.planning import BATCH_TYPICAL_S, DEFAULT_COUNT_CALLS, DEFAULT_LOCAL_PILOT, DEFAULT_SAMPLE
 from transforms.read import FORMATS
 from transforms.process import DEFAULT_PACK_MAX_INPUT_TOKENS, DEFAULT_PACK_SIZE
 from transforms.requests import DEFAULT_CACHE_MIN_TOKENS
+from transforms.modes import BATCH_MODES, CHOOSABLE
 from transforms.shedding import SHED_TO
 
-MODES = ("sync", "packed", "batch", "packed-batch")
-LOCAL = "local"
 
 
 class ClaudeOptions(PipelineOptions):
@@ -37,7 +38,7 @@ class ClaudeOptions(PipelineOptions):
                          metavar="true|false",
                          help="Replace the Parquet files of an earlier run in --output "
                               "(default: refuse, so no earlier result is lost by accident).")
-        job.add_argument("--mode", choices=MODES + ("auto",), default="batch",
+        job.add_argument("--mode", choices=CHOOSABLE, default="batch",
                          help="How to ask Claude. sync: one Messages call per record (the "
                               "baseline). packed: many records of one pack key per Messages call "
                               "(instructions paid once per pack). batch: Message Batches API, one "
@@ -92,10 +93,11 @@ class ClaudeOptions(PipelineOptions):
 
         api = parser.add_argument_group("API")
         api.add_argument("--api-base", dest="api_base", default=None,
-                         help="API base URL. 'local' starts the bundled emulator in this process "
-                              "(the default when ANTHROPIC_API_KEY is not set). Default with a key: "
-                              "the real API. The key is read from ANTHROPIC_API_KEY on each worker, "
-                              "never from a flag.")
+                         help=f"API base URL. '{LOCAL}' starts the bundled emulator in this process "
+                              "(synthetic answers, no cost; rows say api_base=local-emulator). "
+                              "Default: the real API, with the key from ANTHROPIC_API_KEY on each "
+                              "worker or --api-key-secret (never from a flag). With neither a key "
+                              "nor --api-base the job refuses to start (exit 2).")
         api.add_argument("--api-key-secret", dest="api_key_secret", default=None,
                          help="Secret Manager version holding the API key "
                               "(projects/P/secrets/S/versions/V), read by each worker at start-up. "
@@ -208,13 +210,42 @@ class ClaudeOptions(PipelineOptions):
                             help="Stop the streaming job after this many seconds (demos, tests); "
                                  "default: run until cancelled.")
 
-        from pipeline.plan import add_plan_arguments  # lazy: plan.py imports this module
-        add_plan_arguments(parser)
+        _add_plan_arguments(parser)
 
         local = parser.add_argument_group("local emulator (with --api-base local)")
         local.add_argument("--emulator-batch-delay-s", dest="emulator_batch_delay_s", type=float,
                            default=0.0, help="Seconds a batch stays in_progress in the emulator.")
         _accept_dest_spellings(parser, parser._actions[first:])
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of planning, deadline and budget (for ClaudeOptions._add_argparse_args)."""
+    group = parser.add_argument_group("plan, deadline and budget (`python -m pipeline plan ...`)")
+    group.add_argument("--deadline", default=None,
+                       help="When the job must be done: seconds (3600, 90m, 2h, 1h30m), an ISO time "
+                            "(2026-11-26T09:00:00Z) or HH:MM (the next such local time). The plan says "
+                            "which modes meet it; --mode auto picks the cheapest that does.")
+    group.add_argument("--max-cost-usd", dest="max_cost_usd", type=float, default=None,
+                       help="Refuse (exit code 3) when the planned cost of the mode to run exceeds this.")
+    group.add_argument("--plan-sample", dest="plan_sample", type=int, default=DEFAULT_SAMPLE,
+                       help="Records the plan reads and builds requests for; larger inputs are "
+                            "counted in full and the plan is scaled to their row count.")
+    group.add_argument("--plan-sampling", dest="plan_sampling", choices=("auto", "first", "random"),
+                       default="auto",
+                       help="How a larger input is sampled. first: the first rows (fast; the rest "
+                            "are only counted). random: whole pack keys drawn at random (reads "
+                            "every row; packs are planned as full as they will be). auto: random "
+                            "with --pack-key-field, else first.")
+    group.add_argument("--plan-pilot", dest="plan_pilot", type=int, default=None,
+                       help="Records to really send (alone and in packs) to measure output tokens. "
+                            f"Default {DEFAULT_LOCAL_PILOT} against the local emulator (free), 0 "
+                            "against the real API (then the task's item_output_tokens is assumed).")
+    group.add_argument("--plan-count-calls", dest="plan_count_calls", type=int,
+                       default=DEFAULT_COUNT_CALLS,
+                       help="Most count_tokens calls the plan makes (0: use the local estimator).")
+    group.add_argument("--plan-batch-typical-s", dest="plan_batch_typical_s", type=float,
+                       default=BATCH_TYPICAL_S,
+                       help="Expected turnaround of a Message Batch (the API's bound is 24 h).")
 
 
 def _flag_value(text: str) -> bool:
@@ -291,10 +322,10 @@ def validate(opts: ClaudeOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1")
-    if getattr(opts, "shed_to", "wait") != "wait" and opts.mode in ("batch", "packed-batch"):
+    if getattr(opts, "shed_to", "wait") != "wait" and opts.mode in BATCH_MODES:
         raise ValueError(f"--shed-to {opts.shed_to} applies to --mode sync and packed (the Messages "
                          f"route); in --mode {opts.mode} nothing waits on the rate limiter")
-    if opts.lifecycle != "all" and opts.mode not in ("batch", "packed-batch"):
+    if opts.lifecycle != "all" and opts.mode not in BATCH_MODES:
         raise ValueError("--lifecycle submit/collect needs --mode batch or packed-batch")
     if opts.run_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", opts.run_date):
         raise ValueError("--run-date must be YYYY-MM-DD")

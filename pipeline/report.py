@@ -10,10 +10,11 @@ import html
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from transforms.modes import BATCH_MODES, MODES
+
 __all__ = ["write_report", "render_report", "render_table", "read_timeline", "bucket_timeline",
            "savings_vs_sync"]
 
-MODES = ("sync", "packed", "batch", "packed-batch")
 #: Bucket widths of the throughput chart, in seconds: the smallest giving <= MAX_BUCKETS.
 _STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
           21600, 43200, 86400)
@@ -121,7 +122,7 @@ def savings_vs_sync(summary: Mapping[str, Any]) -> Tuple[Optional[float], Option
             return sync - cost, (sync - cost) / sync, "vs sync at list prices (planned)"
     if summary.get("mode") == "sync":
         return 0.0, 0.0, "this run is the sync baseline"
-    if summary.get("mode") in ("batch", "packed-batch"):
+    if summary.get("mode") in BATCH_MODES:
         try:
             from transforms.costs import load_prices
             discount = load_prices().batch_discount
@@ -441,7 +442,7 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tp_note = ('<p class="small muted" style="margin:-6px 0 8px">Message Batches return every result '
                'of a batch when it ends: the wait, then a step per batch.</p>'
-               if mode in ("batch", "packed-batch") else "")
+               if mode in BATCH_MODES else "")
     model = f" &middot; {_e(plan['model'])}" if plan and plan.get("model") else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -23,7 +23,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
-from pipeline.options import LOCAL, ClaudeOptions, help_parser, validate
+from pipeline import backend
+from pipeline.options import ClaudeOptions, help_parser, validate
 from transforms.client import API_KEY_ENV
 from transforms.costs import PriceError
 from transforms.gctuning import lighter_gc
@@ -41,19 +42,6 @@ EXIT_ABORTED = 130
 _LOG = logging.getLogger("pipeline")
 #: Set once a streaming job was cancelled: main() must not wait for its threads.
 _STREAMING_THREADS_LEFT = threading.Event()
-
-
-def _use_emulator(opts: ClaudeOptions) -> bool:
-    return opts.api_base == LOCAL or (opts.api_base is None and not os.environ.get(API_KEY_ENV)
-                                      and not opts.api_key_secret)
-
-
-def _announce_emulator(base_url: str, explicit: bool) -> None:
-    why = "--api-base local" if explicit else f"{API_KEY_ENV} is not set"
-    bar = "=" * 78
-    print(f"{bar}\n  LOCAL EMULATOR: {why}, so this run talks to the bundled Claude emulator at\n"
-          f"  {base_url}. Answers are synthetic. Set {API_KEY_ENV} (and omit --api-base)\n"
-          f"  to use the real API.\n{bar}", file=sys.stderr, flush=True)
 
 
 def _check_paths(job: Job, overwrite: bool) -> None:
@@ -186,25 +174,21 @@ def run(argv: List[str]) -> int:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     try:
         validate(opts)
+        backend.check_backend(opts, os.environ)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     # File access outside the pipeline (input check, summary, ledger files) uses
     # the same options as the pipeline (credentials, --no_auth, project).
     FileSystems.set_options(options)
-    local = _use_emulator(opts)
+    local = opts.api_base == backend.LOCAL
     if local and "Direct" not in runner:
         print("error: the local emulator runs inside this process; a remote runner cannot reach it. "
               f"Set {API_KEY_ENV} on the workers or pass --api-base URL.", file=sys.stderr)
         return EXIT_USAGE
 
     with contextlib.ExitStack() as stack:
-        api_base = opts.api_base
-        if local:
-            import emulator
-            emu = stack.enter_context(emulator.running(batch_delay_s=opts.emulator_batch_delay_s))
-            api_base = emu.base_url
-            _announce_emulator(api_base, explicit=opts.api_base == LOCAL)
+        api_base = stack.enter_context(backend.endpoint(opts))
         the_plan = None
         if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
             from pipeline.plan import plan_before_run

@@ -8,6 +8,8 @@ from typing import Any, Dict, Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.modes import MESSAGES_MODES
+
 #: Beam counters shown in the summary: (label, counter name).
 _API_COUNTERS = (("requests", "requests"), ("429s", "responses_429"), ("529s", "responses_529"),
                  ("retries", "retries"), ("throttled_s", "throttled_ms"),
@@ -111,7 +113,7 @@ def render(summary: Mapping[str, Any]) -> str:
 def _shed_lines(summary: Mapping[str, Any]):
     """The load-shedding line: on every Messages-route run, and on any run that shed."""
     shed = summary.get("shed_records", 0)
-    if not shed and summary.get("mode") not in ("sync", "packed"):
+    if not shed and summary.get("mode") not in MESSAGES_MODES:
         return []
     line = f"  shed records    {shed:>10,}"
     if shed:

@@ -15,7 +15,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench import datagen
-from pipeline import plan as P
+from pipeline import plan as CLI
+from transforms import planning as P
+from transforms.batching import BatchBounds
+from transforms.normalize import FieldMap
+from transforms.planning.estimate import build_requests
+from transforms.planning.sample import read_sample
 from pipeline.options import ClaudeOptions
 from pipeline.run import EXIT_OK, run
 from transforms.tokens import estimate_request_tokens
@@ -26,9 +31,12 @@ MODES = ("sync", "packed", "batch", "packed-batch")
 
 
 def _opts(*args, **extra):
-    """ClaudeOptions with the plan flags layered on (whether or not options.py has them)."""
+    """ClaudeOptions from flags, with `extra` options set as a caller would."""
     base = ["--task", TASK, "--input", SAMPLE, "--pack-key-field", "customer_id", *args]
-    return P._WithExtra(PipelineOptions(base).view_as(ClaudeOptions), extra)
+    opts = PipelineOptions(base).view_as(ClaudeOptions)
+    for name, value in extra.items():
+        setattr(opts, name, value)
+    return opts
 
 
 # ---------------------------------------------------------------------------
@@ -92,8 +100,8 @@ def test_request_token_estimates_are_the_bodies_estimates():
     from transforms.task import load_task
     task = load_task(TASK)
     builder = RequestBuilder(task=task, run_id="r")
-    sample = P._read_sample(SAMPLE, P.FieldMap(pack_key_field="customer_id"), None, task, 400, "first")
-    kinds = P._build_requests(builder, sample.records, P.BatchBounds(max_items=20, max_tokens=24_000))
+    sample = read_sample(SAMPLE, FieldMap(pack_key_field="customer_id"), None, task, 400, "first")
+    kinds = build_requests(builder, sample.records, BatchBounds(max_items=20, max_tokens=24_000))
     requests = kinds["single"]["single"].requests + kinds["packed"]["packed"].requests
     assert kinds["packed"]["packed"].count > 0
     for request in requests[:50] + requests[-20:]:
@@ -226,7 +234,7 @@ def _plan_args(emu, *extra):
 
 
 def test_plan_command(clean_emu, api_env, capsys):
-    assert P.plan_command(_plan_args(clean_emu, "--mode", "auto", "--deadline", "2h",
+    assert CLI.plan_command(_plan_args(clean_emu, "--mode", "auto", "--deadline", "2h",
                                      "--max-cost-usd", "1", "--plan-pilot", "10")) == 0
     out = capsys.readouterr().out
     assert "count_tokens endpoint" in out and "pilot of" in out
@@ -235,32 +243,32 @@ def test_plan_command(clean_emu, api_env, capsys):
 
 
 def test_plan_command_over_budget_exits_3(clean_emu, api_env, capsys):
-    code = P.plan_command(_plan_args(clean_emu, "--mode", "sync", "--max-cost-usd", "0.2",
+    code = CLI.plan_command(_plan_args(clean_emu, "--mode", "sync", "--max-cost-usd", "0.2",
                                      "--plan-pilot", "0", "--plan-count-calls", "4"))
     captured = capsys.readouterr()
-    assert code == P.EXIT_OVER_BUDGET == 3
+    assert code == CLI.EXIT_OVER_BUDGET == 3
     assert "OVER BUDGET: sync" in captured.err and "within budget" in captured.err
     # auto picks the cheapest, which fits
-    assert P.plan_command(_plan_args(clean_emu, "--mode", "auto", "--max-cost-usd", "0.2",
+    assert CLI.plan_command(_plan_args(clean_emu, "--mode", "auto", "--max-cost-usd", "0.2",
                                      "--plan-pilot", "0", "--plan-count-calls", "4")) == 0
 
 
 def test_plan_command_usage_errors(clean_emu, api_env, capsys):
-    assert P.plan_command(_plan_args(clean_emu, "--deadline", "yesterday")) == 2
+    assert CLI.plan_command(_plan_args(clean_emu, "--deadline", "yesterday")) == 2
     assert "--deadline" in capsys.readouterr().err
-    assert P.plan_command(["--task", TASK]) == 2
-    assert P.plan_command(["--help"]) == 0
+    assert CLI.plan_command(["--task", TASK]) == 2
+    assert CLI.plan_command(["--help"]) == 0
     assert "--max-cost-usd" in capsys.readouterr().out
 
 
 def test_plan_before_run(clean_emu, api_env):
     opts = _opts("--api-base", clean_emu.base_url, mode="batch")
-    assert P.plan_before_run(opts, clean_emu.base_url, False) == (None, None)  # nothing asked: no plan
+    assert CLI.plan_before_run(opts, clean_emu.base_url, False) == (None, None)  # nothing asked: no plan
     opts = _opts("--api-base", clean_emu.base_url, mode="auto", deadline="1h", plan_pilot=0)
-    p, stop = P.plan_before_run(opts, clean_emu.base_url, False)
+    p, stop = CLI.plan_before_run(opts, clean_emu.base_url, False)
     assert stop is None and opts.mode == "packed" and p is not None  # batches take ~1 h: too slow
     opts = _opts("--api-base", clean_emu.base_url, mode="auto", max_cost_usd=0.001, plan_pilot=0)
-    p, stop = P.plan_before_run(opts, clean_emu.base_url, False)
+    p, stop = CLI.plan_before_run(opts, clean_emu.base_url, False)
     assert stop == 3 and opts.mode == "packed-batch"
 
 
@@ -299,7 +307,7 @@ def test_planned_cost_matches_actual_cost_in_every_mode(clean_emu, api_env, tmp_
 
 def test_plan_before_run_always_is_quiet_and_sends_nothing(clean_emu, api_env, capsys):
     opts = _opts("--api-base", clean_emu.base_url, mode="batch")
-    p, stop = P.plan_before_run(opts, clean_emu.base_url, True, always=True)
+    p, stop = CLI.plan_before_run(opts, clean_emu.base_url, True, always=True)
     assert stop is None and p is not None and opts.mode == "batch"
     assert capsys.readouterr().err == ""
     stats = clean_emu.stats()

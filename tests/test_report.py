@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from pipeline import plan as P
+from transforms import planning as P
 from pipeline import report as R
 from pipeline.run import EXIT_OK, run
 

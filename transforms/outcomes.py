@@ -36,6 +36,9 @@ class RowContext:
     #: --deadline as epoch seconds: near it, stragglers of a batch go through
     #: the Messages API rather than wait for another batch.
     deadline_at: Optional[float] = None
+    #: Where the answers come from (no credentials): "local-emulator" for the
+    #: bundled emulator, so synthetic rows can never pass for real ones.
+    api_base: str = "https://api.anthropic.com"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,7 @@ def result_row(ctx: RowContext, request: Request, item: Item, sent: Sent, messag
         "output_text": None if ctx.output_schema else (output if isinstance(output, str) else json.dumps(output)),
         "stop_reason": field("stop_reason"),
         "mode": ctx.mode,
+        "api_base": ctx.api_base,
         "model": ctx.model,
         "response_model": field("model"),
         "prompt_sha256": ctx.prompt_sha256,

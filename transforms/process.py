@@ -14,16 +14,16 @@ from transforms.batching import BatchBounds, BatchByWeight
 from transforms.client import ApiSettings, RetryPolicy
 from transforms.lifecycle import LedgerSettings
 from transforms.messages_api import CallMessages, MessagesSettings
+from transforms.modes import MESSAGES_MODES, MODES, PACKED_MODES
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
 from transforms.requests import Request, RequestBuilder
 from transforms.task import TemplateError
 from transforms.tokens import estimate_tokens
 
-__all__ = ["ProcessWithClaude", "ProcessSettings", "MODES"]
+__all__ = ["ProcessWithClaude", "ProcessSettings"]
 
 DEAD = "dead_letter"
-MODES = ("sync", "packed", "batch", "packed-batch")
 #: Records per pack by default: big enough that the shared instructions are a
 #: small share of each request, small enough that one bad answer costs little.
 DEFAULT_PACK_SIZE = 20
@@ -65,7 +65,7 @@ class ProcessSettings:
 
     @property
     def packed(self) -> bool:
-        return self.mode in ("packed", "packed-batch")
+        return self.mode in PACKED_MODES
 
     def pack_bounds(self) -> BatchBounds:
         fits = packing.max_pack_items(self.builder.task.item_output_tokens)
@@ -230,7 +230,7 @@ class ProcessWithClaude(beam.PTransform):
         else:
             works = checked.records | "One record per request" >> beam.Map(lambda r: (r,))
 
-        if s.mode in ("sync", "packed"):
+        if s.mode in MESSAGES_MODES:
             out = works | "Call Messages" >> CallMessages(
                 s.api, s.builder, s.ctx, s.retry, s.messages, packed=s.packed,
                 records_per_work=s.pack_bounds().max_items if s.packed else 1)

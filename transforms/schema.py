@@ -22,6 +22,7 @@ RESULT_FIELDS = [
     pa.field("output_text", pa.string()),
     pa.field("stop_reason", pa.string()),
     pa.field("mode", pa.string()),
+    pa.field("api_base", pa.string()),
     pa.field("model", pa.string()),
     pa.field("response_model", pa.string()),
     pa.field("prompt_sha256", pa.string()),
