@@ -4,8 +4,22 @@
 
 runs N generated records through the batch route against the emulator (in its
 own process, delays at zero) and, in the same run, a plain Beam pass over the
-same records (read -> stateful DoFn -> Parquet, no API). Each runs in its own
-child process so its wall time and peak RSS are its own.
+same records (read -> stateful DoFn -> Parquet, no API). Each runs under a
+wrapper of its own (bench/treemeasure.py, a child subreaper that reaps every
+descendant, orphans included), which measures the job's whole process tree:
+
+  CPU s      user+sys seconds of the tree (getrusage RUSAGE_CHILDREN after all
+             of it is reaped): helpers and grandchildren count, even ones that
+             outlive the job; the emulator is not in the tree and does not count
+  peak MiB   the largest sum of RSS over the tree's processes, sampled every
+             50 ms (shared pages count once per process), or max1 if larger
+             (a sample can miss a short spike); max1 is ru_maxrss, the peak
+             of the largest single process
+  wall s     informational only, with the exit code
+
+The figures compared are CPU and peak memory. Wall time is not: the emulator
+and the job share this machine's cores, so the job's wall time includes time
+spent waiting on (and competing with) the emulator and whatever else runs here.
 """
 from __future__ import annotations
 
@@ -24,23 +38,29 @@ from bench import datagen, procs
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _peak_mib_of(cmd, env=None):
-    """(wall s, peak RSS MiB, exit code) of `cmd`, measured by a wrapper process of
-    its own (RUSAGE_CHILDREN is a cumulative max over all of a process's children)."""
-    wrapper = [sys.executable, "-c",
-               "import resource,subprocess,sys,time,json;t=time.monotonic();"
-               "r=subprocess.run(sys.argv[1:],capture_output=True);"
-               "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-               "sys.stderr.write(r.stdout.decode(errors='replace')[-3000:]+r.stderr.decode(errors='replace')[-3000:] if r.returncode else '');"
-               "print(json.dumps({'wall':time.monotonic()-t,'rss':u.ru_maxrss/1024,'rc':r.returncode}))"] + cmd
-    out = subprocess.run(wrapper, cwd=_ROOT, env=env, capture_output=True, text=True)
+def _measure_tree(cmd, env=None) -> dict:
+    """What bench/treemeasure.py measured of `cmd`'s whole process tree: cpu_s,
+    peak_tree_mib, max_single_mib, wall_s, rc (and a few more). The wrapper is a
+    process of its own, so nothing else this process started (the emulator) counts."""
+    out = subprocess.run([sys.executable, "-m", "bench.treemeasure", "--", *cmd],
+                         cwd=_ROOT, env=env, capture_output=True, text=True)
     if out.stderr:
         sys.stderr.write(out.stderr)
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    return data["wall"], data["rss"], data["rc"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_batch(records: int, sizes, repeat: int = 1) -> None:
+_KEYS = ("cpu_s", "user_s", "sys_s", "peak_tree_mib", "peak_tree_sampled_mib", "max_single_mib", "wall_s")
+
+
+def _median_run(runs) -> dict:
+    """Each measure's median over `runs` (separately, so not one run's figures), and the worst rc."""
+    med = {k: statistics.median(r[k] for r in runs) for k in _KEYS}
+    med["rc"] = next((r["rc"] for r in runs if r["rc"] != 0), 0)
+    med["runs"] = len(runs)
+    return med
+
+
+def bench_batch(records: int, sizes, repeat: int = 1, json_path: Optional[str] = None) -> None:
     """Plain pass and batch route per size, `repeat` times interleaved; the
     median of each (the machine's load moves single runs by 10-30%)."""
     py = sys.executable
@@ -51,26 +71,35 @@ def bench_batch(records: int, sizes, repeat: int = 1) -> None:
             datagen.write_jsonl(data, n, seed=1)
             plains, ours = [], []
             for i in range(repeat):
-                plains.append(_peak_mib_of([py, "-m", "bench.plain", "--input", data,
-                                            "--output", os.path.join(tmp, f"plain{i}")]))
+                plains.append(_measure_tree([py, "-m", "bench.plain", "--input", data,
+                                             "--output", os.path.join(tmp, f"plain{i}")]))
                 with procs.EmulatorProcess() as emu:
                     env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
-                    ours.append(_peak_mib_of(
+                    ours.append(_measure_tree(
                         [py, "-m", "pipeline", "--task", "samples/sentiment.yaml", "--input", data,
                          "--output", os.path.join(tmp, f"ours{i}"), "--mode", "batch",
                          "--pack-key-field", "customer_id", "--api-base", emu.base_url,
                          "--poll-interval-s", "0.2", "--poll-max-interval-s", "1"], env=env))
-            rows.append((n, _median_run(plains), _median_run(ours), max(r[2] for r in ours)))
+            rows.append({"records": n, "plain": _median_run(plains), "batch": _median_run(ours),
+                         "plain_runs": plains, "batch_runs": ours})
     runs = f" (median of {repeat})" if repeat > 1 else ""
-    print(f"{'records':>8} | {'plain wall s':>12} {'plain MiB':>9} | {'batch wall s':>12} {'batch MiB':>9} | ratio{runs}")
-    for n, plain, ours, rc in rows:
-        print(f"{n:>8} | {plain[0]:>12.1f} {plain[1]:>9.0f} | {ours[0]:>12.1f} {ours[1]:>9.0f} | "
-              f"{ours[0] / plain[0]:.2f}x{'' if rc == 0 else '  (FAILED rc=%d)' % rc}")
+    print(f"CPU s = user+sys of the whole process tree; peak MiB = largest sum of the tree's RSS "
+          f"(sampled every 50 ms, at least max1); max1 = ru_maxrss of its largest process; wall s informational{runs}")
+    print(f"{'records':>8} | {'plain CPU s':>11} {'plain peak MiB':>14} {'max1':>5} {'wall s':>6} | "
+          f"{'batch CPU s':>11} {'batch peak MiB':>14} {'max1':>5} {'wall s':>6} | {'CPU ratio':>9} | {'RSS ratio':>9}")
+    for row in rows:
+        p, b = row["plain"], row["batch"]
+        row["cpu_ratio"] = b["cpu_s"] / p["cpu_s"] if p["cpu_s"] else None
+        row["rss_ratio"] = b["peak_tree_mib"] / p["peak_tree_mib"] if p["peak_tree_mib"] else None
+        failed = "".join(f"  ({side} FAILED rc={m['rc']})" for side, m in (("plain", p), ("batch", b)) if m["rc"])
+        print(f"{row['records']:>8} | {p['cpu_s']:>11.1f} {p['peak_tree_mib']:>14.0f} {p['max_single_mib']:>5.0f} "
+              f"{p['wall_s']:>6.1f} | {b['cpu_s']:>11.1f} {b['peak_tree_mib']:>14.0f} {b['max_single_mib']:>5.0f} "
+              f"{b['wall_s']:>6.1f} | {_ratio(row['cpu_ratio']):>9} | {_ratio(row['rss_ratio']):>9}{failed}")
+    procs.save_rows(json_path, rows)
 
 
-def _median_run(runs):
-    """(median wall s, median peak MiB) of (wall, MiB, rc) runs."""
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+def _ratio(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
 
 
 def bench_modes(records: int, concurrency: int, input_path: Optional[str] = None) -> None:
@@ -126,6 +155,7 @@ def main(argv=None) -> int:
                    help="extra record counts, to show memory is flat in the number of results")
     b.add_argument("--repeat", type=int, default=1,
                    help="runs of each side per size, interleaved; the median is printed")
+    b.add_argument("--json", default=None, metavar="PATH", help="also save the rows (and every run) as JSON")
     m = sub.add_parser("modes", help="the four modes side by side on the same records")
     m.add_argument("--records", type=int, default=10_000)
     m.add_argument("--concurrency", type=int, default=16)
@@ -133,7 +163,7 @@ def main(argv=None) -> int:
                    help="a JSONL file to use instead of generated records (e.g. samples/emails.jsonl)")
     args = parser.parse_args(argv)
     if args.which == "batch":
-        bench_batch(args.records, sorted(set(args.also + [args.records])), max(1, args.repeat))
+        bench_batch(args.records, sorted(set(args.also + [args.records])), max(1, args.repeat), args.json)
     elif args.which == "modes":
         bench_modes(args.records, args.concurrency, args.input)
     return 0

@@ -4,7 +4,9 @@ Every email is composed from hand-written fragments (greetings, topic facts,
 feelings, requests, sign-offs, whole emails in Spanish, German and Japanese)
 with slots ({order}, {product}, {amount}, ...) filled from small pools, so the
 texts read naturally while staying cheap to produce: 100,000 records take
-about two seconds (generation plus JSON) on a slow CI core.
+about two seconds (generation plus JSON) on a slow CI core. The fragments and
+pools live in bench/data/vocabulary.json, loaded once at import; this module is
+the code that composes them.
 
 The company in the texts is a fictional online home-goods shop, "Larkspur",
 with a mobile app and a paid membership, "Larkspur Plus".
@@ -26,10 +28,11 @@ import argparse
 import bisect
 import itertools
 import json
+import os
 import random
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 #: Fields of every record, in output order.
 FIELDS = ("id", "customer_id", "subject", "text", "received_at", "channel")
@@ -63,51 +66,79 @@ LANGUAGES = ("en", "es", "de", "ja")
 NON_ENGLISH_SHARE = 0.04
 
 # --------------------------------------------------------------------------
-# Slot pools
+# The vocabulary: bench/data/vocabulary.json, loaded once at import
+#
+# Slot pools (PRODUCTS are singular, so "my {product} is" and "{a_product}"
+# read right), fragments shared by every topic (GREETINGS, SIGNOFFS, OPENERS,
+# CLOSERS, ONELINERS, EMOJI, by mood where a dict), TOPIC_FRAGMENTS (per topic:
+# "scenarios", each one concrete situation with "subjects" by tone -- positive /
+# neutral / negative, a missing tone falls back -- neutral "facts" and "asks";
+# and "feelings" by mood), NEUTRAL_REMARKS (stand in for feelings in a neutral
+# email), RESOLVED_ASKS (close a positive email about a problem that was
+# solved), TIMELINES (background paragraphs of long emails, by story) and
+# FOREIGN_EMAILS (whole emails by language: (mood, subject, text)).
+#
+# JSON lists load as tuples. Order is meaningful: items are picked by index.
 # --------------------------------------------------------------------------
 
-PRODUCTS = (  # singular, so "my {product} is" and "{a_product}" read right
-    "linen duvet cover", "cast-iron skillet", "bamboo bath mat", "ceramic pour-over set",
-    "brass floor lamp", "wool throw blanket", "oak side table", "set of four stoneware mugs",
-    "velvet armchair", "pair of blackout curtains", "Dutch oven", "memory-foam pillow",
-    "walnut cutting board", "rattan laundry basket", "set of glass storage jars", "bedside clock",
-    "set of cotton bath towels", "standing desk", "woven jute rug", "copper kettle",
-    "knife block", "outdoor string-light kit", "ceramic planter", "shower curtain",
-    "espresso machine", "weighted blanket", "bookshelf", "spice rack",
-    "kids' bunk bed", "mirror with a gold frame",
-)
+VOCABULARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "vocabulary.json")
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists as tuples, all the way down (dicts keep their key order)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _load_vocabulary(path: str = VOCABULARY_PATH) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        vocab = {k: _tuples(v) for k, v in json.load(f).items() if not k.startswith("_")}
+    topics = vocab["topic_fragments"]
+    if set(topics) != set(TOPICS):
+        raise ValueError(f"{path}: topic_fragments has {sorted(topics)}, expected {sorted(TOPICS)}")
+    for table in ("openers", "closers", "oneliners", "emoji"):
+        if set(vocab[table]) != set(MOODS):
+            raise ValueError(f"{path}: {table} has {sorted(vocab[table])}, expected {sorted(MOODS)}")
+    if set(vocab["foreign_emails"]) != set(LANGUAGES[1:]):
+        raise ValueError(f"{path}: foreign_emails has {sorted(vocab['foreign_emails'])}")
+    return vocab
+
+
+_VOCAB = _load_vocabulary()
+
+PRODUCTS: Tuple[str, ...] = _VOCAB["products"]
+CARRIERS: Tuple[str, ...] = _VOCAB["carriers"]
+AGENTS: Tuple[str, ...] = _VOCAB["agents"]
+FEATURES: Tuple[str, ...] = _VOCAB["features"]
+APPS: Tuple[str, ...] = _VOCAB["apps"]
+ERRORS: Tuple[str, ...] = _VOCAB["errors"]
+DEVICES: Tuple[str, ...] = _VOCAB["devices"]
+PLANS: Tuple[str, ...] = _VOCAB["plans"]
+NAMES: Tuple[str, ...] = _VOCAB["names"]
+MONTHS: Tuple[str, ...] = _VOCAB["months"]
+DAY_PHRASES: Tuple[str, ...] = _VOCAB["day_phrases"]
+GREETINGS: Tuple[str, ...] = _VOCAB["greetings"]
+SIGNOFFS: Tuple[str, ...] = _VOCAB["signoffs"]
+OPENERS: Dict[str, Tuple[str, ...]] = _VOCAB["openers"]
+CLOSERS: Dict[str, Tuple[str, ...]] = _VOCAB["closers"]
+ONELINERS: Dict[str, Tuple[str, ...]] = _VOCAB["oneliners"]
+EMOJI: Dict[str, Tuple[str, ...]] = _VOCAB["emoji"]
+TOPIC_FRAGMENTS: Dict[str, Dict] = _VOCAB["topic_fragments"]
+NEUTRAL_REMARKS: Tuple[str, ...] = _VOCAB["neutral_remarks"]
+RESOLVED_ASKS: Tuple[str, ...] = _VOCAB["resolved_asks"]
+TIMELINES: Dict[str, Tuple[str, ...]] = _VOCAB["timelines"]
+FOREIGN_EMAILS: Dict[str, Tuple[Tuple[str, str, str], ...]] = _VOCAB["foreign_emails"]
+
+# --------------------------------------------------------------------------
+# Slots
+# --------------------------------------------------------------------------
 
 
 def _article(noun: str) -> str:
     return ("an " if noun[0] in "aeiouAEIOU" else "a ") + noun
-
-
-CARRIERS = ("UPS", "FedEx", "USPS", "DHL", "OnTrac", "Royal Mail")
-AGENTS = ("Priya", "Marcus", "Dana", "Tomás", "Aiko", "Jordan", "Fatima", "Liam", "Sofia", "Kwame")
-FEATURES = (
-    "dark mode", "a wishlist I can share with family", "a way to export my order history to CSV",
-    "split payments", "gift wrapping", "a pause button for my membership",
-    "delivery time slots", "Apple Pay on the website", "saved carts across devices",
-    "price-drop alerts", "a way to reorder everything from a past order in one tap",
-)
-APPS = ("the iOS app", "the Android app", "the website", "the mobile site")
-ERRORS = (
-    'an error that says "Something went wrong (code PAY-4012)"', "Error 502 Bad Gateway",
-    "a blank white screen", 'a pop-up saying "Session expired" every few seconds',
-    "an endless loading spinner", 'the message "Card declined" even though my bank approved it',
-)
-DEVICES = ("iPhone 13", "Pixel 7", "Windows laptop running Chrome", "iPad", "MacBook with Safari", "Samsung Galaxy S22")
-PLANS = ("Larkspur Plus monthly plan", "Larkspur Plus annual membership", "Larkspur Plus trial")
-NAMES = (
-    "Emma", "Noah", "Olivia", "Liam", "Ava", "Mateo", "Sophia", "Lucas", "Mia", "Ethan", "Amara",
-    "Chen", "Isabella", "Omar", "Hannah", "Raj", "Grace", "Diego", "Chloe", "Yusuf", "Zoe",
-    "Benjamin", "Leila", "Samuel", "Nora", "Jamal", "Ingrid", "Kenji", "Aisha", "Patrick",
-    "Rosa", "Viktor", "Maya", "Tyler", "Fiona", "Arjun", "Eleanor", "Marco", "Jess", "Dev",
-)
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December")
-DAY_PHRASES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "the weekend",
-               "last week", "the 3rd", "the 14th", "the 21st", "the 28th")
 
 
 def _date(rng: random.Random) -> str:
@@ -163,467 +194,6 @@ class Slots(dict):
         value = _SLOT_MAKERS[key](self.rng, self)
         self[key] = value
         return value
-
-
-# --------------------------------------------------------------------------
-# Fragments shared by every topic
-# --------------------------------------------------------------------------
-
-GREETINGS = ("Hi,", "Hello,", "Hi there,", "Dear Larkspur team,", "Hello support,", "Good morning,",
-             "Hey,", "To whom it may concern,", "Hi team,", "Dear Sir or Madam,", "Good afternoon,")
-
-SIGNOFFS = ("Thanks,\n{name}", "Best,\n{name}", "Kind regards,\n{name}", "Cheers,\n{name}", "— {name}",
-            "{name}", "Regards,\n{name} {initial}.", "Thank you,\n{name} {initial}.",
-            "Thanks,\n{name}\n\nSent from my iPhone", "Many thanks,\n{name}")
-
-OPENERS = {
-    "positive": ("I just wanted to share some good news.", "Hope you're having a great day!",
-                 "Quick note to say thank you.", "I don't usually write in, but I had to this time."),
-    "neutral": ("I have a quick question.", "I'm writing about order {order}.", "Hope you're well.",
-                "I couldn't find the answer in your help centre, so I'm emailing instead.",
-                "I'm following up on a message I sent on {date}."),
-    "negative": ("I'm writing to complain about my recent order.",
-                 "I'm really unhappy with how this has been handled.",
-                 "I've contacted you twice already and I'm still waiting for an answer.",
-                 "I'm sorry to say this, but I'm very disappointed.",
-                 "This is my third email about the same problem."),
-    "mixed": ("I have some good news and some bad news.",
-              "I've been a happy customer for a while, but something's gone wrong.",
-              "Mostly good experience so far, with one big exception."),
-    "sarcastic": ("Well, here we go again.", "Congratulations, you've outdone yourselves.",
-                  "Just when I thought it couldn't get any better."),
-}
-
-CLOSERS = {
-    "positive": ("Thanks again!", "Keep up the great work!", "Have a lovely day.",
-                 "You've made a loyal customer out of me.", "Thank you so much!"),
-    "neutral": ("Thanks in advance.", "Thanks for your help.", "Looking forward to hearing from you.",
-                "Let me know if you need anything else from me.", "Appreciate it."),
-    "negative": ("I expect a response within 48 hours.",
-                 "If this isn't sorted out I'll be disputing the charge with my bank.",
-                 "Please don't send me another canned reply.",
-                 "I'd like this escalated to a manager.", "I'm seriously considering shopping elsewhere."),
-    "mixed": ("I'd like to keep shopping with you, so I hope this can be fixed.",
-              "Otherwise, thanks — it's mostly been great.", "Hoping for a better experience next time."),
-    "sarcastic": ("Can't wait to hear back. Really.", "Looking forward to the next adventure.",
-                  "Thanks so much for all the help so far. 🙃"),
-}
-
-ONELINERS = {
-    "positive": ("Thanks so much, all sorted! 🙏", "Got it, perfect. Thank you!", "Love it ❤️", "👍",
-                 "Arrived today, looks great!", "You guys are the best 🎉", "Refund received, thanks!",
-                 "Thank you {agent}, that fixed it!"),
-    "neutral": ("Thanks.", "ok", "Can you send me the invoice for {order}?", "What's the status of {order}?",
-                "Received, thanks.", "Please update my phone number on file.", "Is the {product} back in stock?",
-                "Do you ship to Canada?"),
-    "negative": ("Still no refund. Seriously?", "Where is my order?!", "Cancel my account. Now.",
-                 "This is ridiculous 😡", "third time asking: where is {order}???",
-                 "Worst customer service I have ever dealt with.", "Your app is broken AGAIN."),
-    "mixed": ("Nice product, terrible delivery.", "Great support, shame about the app.",
-              "Love the {product}, hate the packaging waste.", "Fast refund, but why did it take 3 emails?"),
-    "sarcastic": ("Wow, {days} days for 'express' shipping. Impressive. 🙃",
-                  "Another week, another 'we're looking into it'. Amazing.",
-                  "Thanks for nothing, really appreciate it.",
-                  "Oh good, the app logged me out again. My favourite feature. 👏"),
-}
-
-EMOJI = {
-    "positive": ("🙂", "😊", "🎉", "🙏", "❤️", "👍", "✨"),
-    "negative": ("😡", "😤", "🙄", "😞", "🤦‍♀️", "👎"),
-    "mixed": ("🤷", "😕", "🙂"),
-    "sarcastic": ("🙃", "🙄", "👏"),
-    "neutral": ("🙂",),
-}
-
-# --------------------------------------------------------------------------
-# Topic fragments
-#
-# Each topic has scenarios (one concrete situation each: subjects by tone,
-# neutral facts, requests) and topic-level feelings by mood. Tones of
-# subjects: positive / neutral / negative; a missing tone falls back.
-# --------------------------------------------------------------------------
-
-def _sc(subjects: Dict[str, Sequence[str]], facts: Sequence[str], asks: Sequence[str]) -> Dict:
-    return {"subjects": subjects, "facts": tuple(facts), "asks": tuple(asks)}
-
-
-TOPIC_FRAGMENTS: Dict[str, Dict] = {
-    "billing": {
-        "scenarios": (
-            _sc({"negative": ("Charged twice for order {order}", "Double charge on my card", "Billing error — please fix"),
-                 "neutral": ("Two charges on my statement?", "Billing question"),
-                 "positive": ("Double charge refunded — thanks",)},
-                ("I was charged {amount} twice on {date} for order {order}.",
-                 "My bank statement shows two identical charges from Larkspur.",
-                 "I only placed one order, and only one confirmation email arrived.",
-                 "Both charges went to the card ending in {last4}."),
-                ("Please refund the duplicate charge.", "Can you confirm when the second charge will be reversed?")),
-            _sc({"negative": ("Refund still not received", "Where is my refund of {amount}?"),
-                 "neutral": ("Refund status for order {order}",),
-                 "positive": ("Refund received — thank you",)},
-                ("I was told on {date} that a refund of {amount} had been issued for order {order}.",
-                 "It's been {days} days and nothing has shown up on my card.",
-                 "My bank says there is no pending refund from Larkspur."),
-                ("Can you send me the refund reference number?", "Please confirm the date the refund was actually sent.")),
-            _sc({"negative": ("Why was I billed {amount}?", "Unexpected charge of {amount}"),
-                 "neutral": ("Question about my membership renewal",),
-                 "positive": ("Thanks for sorting out my renewal",)},
-                ("My {plan} renewed at {amount} instead of the price I signed up for.",
-                 "I never received a reminder that the renewal was coming up.",
-                 "Nobody told me the price was going up."),
-                ("Please refund the difference.", "Can you explain the new price?")),
-            _sc({"negative": ("Still no invoice for order {order}",),
-                 "neutral": ("Invoice for order {order}", "VAT receipt request", "Invoice request")},
-                ("I need an invoice with my company name on it for order {order}.",
-                 "The invoice in my account only shows the total, not the VAT.",
-                 "Our finance team needs it by the end of the month for expense reporting."),
-                ("Could you send me a corrected invoice?", "Can you email the invoice as a PDF?")),
-            _sc({"negative": ("Your discount code doesn't work",),
-                 "neutral": ("Promo code didn't apply",)},
-                ("I applied the promo code WELCOME15 at checkout but the total didn't change.",
-                 "The code is still listed as valid on your homepage.",
-                 "My order {order} came to {amount} without the discount."),
-                ("Could you apply the discount retroactively?", "Please refund the 15% I should have saved.")),
-        ),
-        "feelings": {
-            "negative": ("This is the second time this has happened and I'm running out of patience.",
-                         "Frankly, taking money and then going quiet is not okay.",
-                         "I've been a customer for {years} years and this is really disappointing.",
-                         "I shouldn't have to chase you for my own money.",
-                         "Nobody has answered my last two emails about this."),
-            "positive": ("Thank you for fixing this so quickly — it's already sorted on my statement.",
-                         "{agent} explained everything clearly and I really appreciate it.",
-                         "Honestly the smoothest billing fix I've ever had with any company."),
-            "sarcastic": ("Love paying twice for the same order. Really makes it feel special.",
-                          "Great to see the 'automatic' refund is so automatic it needs three emails.",
-                          "Wonderful how fast you take money compared to how fast you give it back."),
-            "mixed": ("I like the membership a lot, but these billing surprises are making me reconsider it.",
-                      "{agent} was lovely on the phone, but the money still hasn't arrived."),
-        },
-    },
-    "shipping": {
-        "scenarios": (
-            _sc({"negative": ("Where is my order {order}?", "Still waiting after {days} days", "Late delivery — again"),
-                 "neutral": ("Tracking for order {order}", "Order {order}"),
-                 "positive": ("Order {order} arrived — thanks",)},
-                ("I ordered {a_product} on {date} (order {order}).",
-                 "The tracking page hasn't updated in {days} days.",
-                 "Your site promised delivery within 3-5 business days.",
-                 "{carrier} says the parcel is 'in transit' and can't tell me anything more."),
-                ("Could you let me know where the package actually is?", "Please send a replacement or refund me.",
-                 "Can you chase {carrier} for me?")),
-            _sc({"negative": ("Package marked delivered but not here", "Parcel 'delivered' — it wasn't"),
-                 "neutral": ("Delivered status but no parcel",)},
-                ("{carrier} says order {order} was delivered on {date}, but there's nothing at my door.",
-                 "I've checked with my neighbours and the building's mailroom.",
-                 "The delivery photo shows a door that isn't mine."),
-                ("Can you open a claim with {carrier}?", "Please send a replacement.")),
-            _sc({"negative": ("Order {order} arrived damaged", "Broken {product}"),
-                 "neutral": ("Damaged item in order {order}",),
-                 "positive": ("Replacement {product} arrived safely",)},
-                ("The box arrived crushed and the {product} inside was cracked.",
-                 "There was barely any padding in the box.",
-                 "I've attached photos of the box and the damage."),
-                ("Please send a replacement.", "I'd like a full refund, including shipping.")),
-            _sc({"negative": ("Wrong item received", "This is not what I ordered"),
-                 "neutral": ("Wrong item in order {order}",)},
-                ("I received {a_product2} instead of the {product} I ordered.",
-                 "The packing slip says {product}, but the box contains {a_product2}."),
-                ("How do I send the wrong item back?", "Please send the {product} I actually ordered.")),
-            _sc({"negative": ("Order sent to my old address",),
-                 "neutral": ("Delivery address change for {order}", "Can I change my delivery address?")},
-                ("I'm moving next week and need to change the delivery address for {order}.",
-                 "The order hasn't shipped yet according to my account page."),
-                ("Please update the address before it ships.", "Can you confirm the new address is on the order?")),
-            _sc({"negative": ("Missing items in my delivery",),
-                 "neutral": ("Only part of order {order} arrived",)},
-                ("Only one of the {count} items in order {order} arrived.",
-                 "There was no note saying the rest would follow."),
-                ("Are the other items coming separately?", "Please send the missing items.")),
-        ),
-        "feelings": {
-            "negative": ("I needed this for a birthday that has now passed.",
-                         "At this point I just want my money back.",
-                         "It's incredibly frustrating to get a different answer every time I ask.",
-                         "This is the third delivery problem in a row.",
-                         "THIS IS UNACCEPTABLE."),
-            "positive": ("It turned up two days early and was packed beautifully.",
-                         "The {carrier} driver even called ahead — great experience.",
-                         "Everything was wrapped so carefully, not a scratch.",
-                         "Thanks for sorting it out so quickly."),
-            "sarcastic": ("Apparently my {product} is on a scenic tour of the country. Hope it's having fun.",
-                          "Oh great, another 'delivery exception'. Truly the highlight of my week.",
-                          "Delivered to my door, says {carrier}. Must be an invisible door."),
-            "mixed": ("The {product} itself is lovely, but getting it here was a saga.",
-                      "Great product, but the packaging was falling apart when it arrived."),
-        },
-    },
-    "bug": {
-        "scenarios": (
-            _sc({"negative": ("App crashes at checkout", "Can't pay in the app", "Your app is unusable"),
-                 "neutral": ("Bug report: checkout on {app}",),
-                 "positive": ("Checkout bug fixed — thanks",)},
-                ("Since the latest update, {app} crashes as soon as I tap 'Pay'.",
-                 "I get {error} every time I try to check out on my {device}.",
-                 "I've tried reinstalling, clearing the cache and logging out and back in."),
-                ("Is there a workaround until it's fixed?", "Can someone from the tech team look at this?")),
-            _sc({"negative": ("Cart keeps emptying itself",),
-                 "neutral": ("Items disappearing from my cart",)},
-                ("When I add {a_product} to the cart and go to checkout, the cart is empty.",
-                 "It happens on my {device} but not on my partner's phone."),
-                ("Happy to send screenshots if that helps.", "Please let me know when this is resolved.")),
-            _sc({"negative": ("Notifications are useless",),
-                 "neutral": ("Notification settings not saving", "Late push notifications")},
-                ("Push notifications arrive hours after the order status changes.",
-                 "I turn off marketing notifications and they turn themselves back on."),
-                ("Could you look into it?", "Is this a known issue?")),
-            _sc({"negative": ("Can't enter my address!",),
-                 "neutral": ("Address field won't accept my apartment number",)},
-                ("The address field won't accept apartment numbers with a slash, like 4/12.",
-                 "I get 'invalid address' on {app} no matter how I write it."),
-                ("How do I get my real address on the order?", "Can you add the address to my account manually?")),
-            _sc({"negative": ("{app} won't even open",),
-                 "neutral": ("Crash report: {app}",),
-                 "positive": ("Crash fixed in the new version",)},
-                ("{app} crashes on start-up on my {device}.",
-                 "The crash log is at C:\\Users\\me\\AppData\\Local\\Larkspur\\crash.log if you want it.",
-                 "This started after the update on {date}."),
-                ("Where should I send the log file?", "Is there an older version I can install meanwhile?")),
-        ),
-        "feelings": {
-            "negative": ("I've lost about an hour to this already.",
-                         "It's hard to trust the app with my card details when it behaves like this.",
-                         "I'm honestly about to give up and shop somewhere else."),
-            "positive": ("The new version fixed it — thanks for the quick turnaround!",
-                         "Really appreciate the team jumping on this so fast."),
-            "sarcastic": ("Nothing says 'seamless shopping experience' like a spinning wheel for ten minutes.",
-                          "Love the new feature where the app closes itself whenever I try to give you money."),
-            "mixed": ("I really like the redesign, but it's been buggy since day one.",
-                      "The app looks great now, shame it doesn't actually work on my {device}."),
-        },
-    },
-    "praise": {
-        "scenarios": (
-            _sc({"positive": ("Love my new {product}", "Thank you!", "So happy with my order")},
-                ("I got my {product} yesterday.", "I ordered {a_product} as a gift for my mum.",
-                 "It was the first time I'd ordered furniture online."),
-                ("No need to reply — just wanted you to know.",)),
-            _sc({"positive": ("Great service from {agent}", "Kudos to your support team")},
-                ("{agent} helped me on chat on {date}.",
-                 "I had a problem with order {order} and {agent} sorted it out in minutes."),
-                ("Please pass my thanks on to {agent}.",)),
-            _sc({"positive": ("Just wanted to say thanks", "Best online shopping experience")},
-                ("I've been a Larkspur Plus member for {years} years.",
-                 "Every order has arrived on time and well packed."),
-                ("No need to reply — just wanted you to know.",)),
-        ),
-        "feelings": {
-            "positive": ("It's even nicer in person than in the photos.",
-                         "{agent} went above and beyond to help me.", "You've got a customer for life.",
-                         "I've already recommended you to three friends.",
-                         "It's rare to get service this good these days."),
-            "negative": ("The only thing I'd change is the amount of plastic in the packaging.",),
-            "mixed": ("The {product} is gorgeous — I just wish it had come in less plastic.",
-                      "Lovely quality, even if the delivery took a little longer than promised."),
-        },
-    },
-    "cancellation": {
-        "scenarios": (
-            _sc({"negative": ("Cancelling Larkspur Plus", "Cancel my subscription"),
-                 "neutral": ("Cancellation request", "Membership cancellation"),
-                 "positive": ("Cancelling — but thank you",)},
-                ("I'd like to cancel my {plan} effective immediately.",
-                 "My membership renews on {date} and I don't want to be charged again."),
-                ("Please confirm the cancellation in writing.",
-                 "Can I get a prorated refund for the rest of the month?")),
-            _sc({"negative": ("Please close my account", "I'm done"),
-                 "neutral": ("Close my account",)},
-                ("Please close my account and delete my saved payment details.",
-                 "I don't want to receive any more marketing emails either."),
-                ("Please confirm once my data is deleted.",)),
-            _sc({"negative": ("How do I cancel?!", "Cancel button doesn't work"),
-                 "neutral": ("How do I cancel?",)},
-                ("I tried to cancel in the app but the button just reloads the page.",
-                 "The help centre article links to a page that doesn't exist."),
-                ("Please cancel it for me and confirm by email.", "Make sure I'm not charged again.")),
-        ),
-        "feelings": {
-            "negative": ("After the last few orders, it's just not worth it anymore.",
-                         "The prices keep going up and the service keeps going down.",
-                         "I've found a competitor that actually delivers on time."),
-            "positive": ("Nothing wrong with the service — I'm just moving abroad.",
-                         "Thanks for a great couple of years, I'll be back if I return."),
-            "mixed": ("I've loved being a member, but money is tight right now.",
-                      "The products are great; the delivery delays are what's pushing me out."),
-            "sarcastic": ("Making cancellation this hard is a bold retention strategy. It's not working.",),
-        },
-    },
-    "feature_request": {
-        "scenarios": (
-            _sc({"neutral": ("Feature request: {feature}", "Suggestion for the app", "Any plans for {feature}?"),
-                 "positive": ("Small suggestion (love the app!)", "Idea to make a great app even better"),
-                 "negative": ("Still no {feature}?",)},
-                ("It would be great if the app had {feature}.",
-                 "I order the same things most months, so {feature} would save me a lot of time.",
-                 "Other shops I use already offer {feature}.",
-                 "I'm using {app} on my {device}, in case that matters."),
-                ("Is this on the roadmap?", "Any chance this could be added?", "Would love to beta test it.")),
-        ),
-        "feelings": {
-            "positive": ("Otherwise I love the app — this would make it perfect.", "Keep up the good work!"),
-            "negative": ("Honestly it's surprising this still isn't possible in {year}.",
-                         "I've asked for this before and nothing has changed."),
-            "mixed": ("The app is fine overall, but it feels a bit behind other shops.",),
-            "sarcastic": ("I'm sure it's on the roadmap right next to 'working search'.",),
-        },
-    },
-    "returns": {
-        "scenarios": (
-            _sc({"negative": ("Still no refund for my return",),
-                 "neutral": ("Refund for returned item?",),
-                 "positive": ("Return refund received — thanks",)},
-                ("I returned the {product} on {date} and {carrier} shows it was delivered to your warehouse.",
-                 "It's been {days} days since you received my return and I haven't been refunded."),
-                ("When will I get my refund?", "Can you check with the warehouse?")),
-            _sc({"negative": ("Return label not working",),
-                 "neutral": ("Return label for order {order}",)},
-                ("The return label QR code won't scan at the drop-off point.",
-                 "The drop-off point said the label was for a different carrier."),
-                ("Please send a new return label.", "Can you arrange a pickup instead?")),
-            _sc({"neutral": ("Exchange {product} for a different colour", "Return policy question"),
-                 "positive": ("Easy exchange, thank you",)},
-                ("The {product} is the wrong colour for our room — I'd like to exchange it.",
-                 "It's still unused and in its original box."),
-                ("How do I start an exchange?", "Can I return it by post instead?")),
-        ),
-        "feelings": {
-            "negative": ("The return process is far more complicated than it should be.",
-                         "I was told refunds take 5 days; it's been weeks."),
-            "positive": ("The return was painless, thank you.", "Refund arrived already — impressive."),
-            "sarcastic": ("Can't wait to spend another afternoon at the post office for this.",),
-            "mixed": ("The exchange was easy, but the refund for the shipping still hasn't come through.",),
-        },
-    },
-    "account": {
-        "scenarios": (
-            _sc({"negative": ("Can't reset my password", "Locked out AGAIN", "Account locked"),
-                 "neutral": ("Password reset email not arriving",),
-                 "positive": ("Thanks for unlocking my account",)},
-                ("The password reset email never arrives, even in my spam folder.",
-                 "My account was locked after I mistyped the password twice."),
-                ("Can you unlock it please?", "What do you need from me to verify my identity?")),
-            _sc({"neutral": ("Change email address on my account", "Update phone number")},
-                ("I'd like to change the email on my account to my work address.",
-                 "I no longer have access to the old address."),
-                ("Please confirm once it's done.",)),
-            _sc({"neutral": ("Two accounts — can you merge them?",)},
-                ("I seem to have two accounts, one under each of my email addresses.",
-                 "My order history is split between them."),
-                ("Can you merge them into one?",)),
-            _sc({"neutral": ("Delete my data (GDPR request)", "Data access request")},
-                ("I'd like a copy of all the personal data you hold about me.",
-                 "Please also tell me who you've shared it with."),
-                ("Please confirm receipt of this request.",)),
-        ),
-        "feelings": {
-            "negative": ("Being locked out of my own account with an order in progress is stressful.",
-                         "I've tried five times now and I'm fed up."),
-            "positive": ("{agent} sorted it out in two minutes, brilliant.",),
-            "sarcastic": ("Love how secure my account is. Even I can't get in.",),
-            "mixed": ("The security is reassuring, but the reset flow is a nightmare.",),
-        },
-    },
-}
-
-#: Neutral remarks stand in for feelings in a neutral email.
-NEUTRAL_REMARKS = ("Not urgent, but I'd appreciate an answer.", "Just want to make sure it's on your radar.",
-                   "My account email is the one I'm writing from.", "I'm usually free after 5pm if a call is easier.",
-                   "I can send photos or screenshots if needed.")
-
-#: Requests that close a positive email about a problem that was solved.
-RESOLVED_ASKS = ("No further action needed — feel free to close the ticket.", "All good now, thanks!",
-                 "Nothing else needed from my side.")
-
-#: Background paragraphs of long emails, by mood.
-TIMELINES = {
-    "problem": ("I first contacted you about this on {date}.",
-                "I was told someone would get back to me within 48 hours. Nobody did.",
-                "I followed up on chat and {agent} said it had been escalated.",
-                "Then I got an automated email saying the case was closed as resolved — it wasn't.",
-                "I called the phone line, waited 40 minutes on hold, and was disconnected.",
-                "Yesterday I got a survey asking how satisfied I was with the resolution.",
-                "I also checked with my bank and my card provider, who were no help either."),
-    "good": ("I first got in touch on {date}.", "{agent} replied within the hour.",
-             "They kept me updated every step of the way without me having to chase.",
-             "By the next morning everything was sorted.",
-             "They even followed up a few days later to make sure all was well."),
-    "background": ("For context, I've been ordering from you for about {years} years.",
-                   "I'm a Larkspur Plus member and usually order a couple of times a month.",
-                   "I mostly shop on {app}, using my {device}.",
-                   "I checked the help centre first but couldn't find an answer.",
-                   "I'm writing from the email address on my account."),
-}
-
-# --------------------------------------------------------------------------
-# Whole emails in other languages: (mood, subject, text)
-# --------------------------------------------------------------------------
-
-FOREIGN_EMAILS: Dict[str, Tuple[Tuple[str, str, str], ...]] = {
-    "es": (
-        ("negative", "Pedido {order} sin llegar",
-         "Hola:\n\nHice el pedido {order} hace {days} días y todavía no ha llegado. El seguimiento no se "
-         "actualiza desde el lunes. ¿Me pueden decir qué está pasando?\n\nGracias,\n{name}"),
-        ("positive", "¡Muy contenta con la compra!",
-         "¡Hola! Acabo de recibir mi pedido y es precioso, mejor que en las fotos. El envío fue rapidísimo. "
-         "¡Mil gracias! 😊"),
-        ("negative", "Cobro duplicado",
-         "Buenas tardes. Me han cobrado dos veces {amount} por el pedido {order}. Necesito que me devuelvan uno "
-         "de los cargos lo antes posible. Es la segunda vez que me pasa y empiezo a perder la paciencia."),
-        ("mixed", "Cancelar suscripción",
-         "Quiero cancelar mi suscripción a Larkspur Plus. El servicio está bien, pero ya no lo uso lo "
-         "suficiente. Gracias por todo."),
-        ("sarcastic", "La app no funciona",
-         "La aplicación se cierra cada vez que intento pagar. Qué maravilla, justo cuando quería comprar algo. 🙄"),
-        ("neutral", "Pregunta sobre devoluciones",
-         "Hola, ¿cuántos días tengo para devolver un artículo? Lo compré el mes pasado y aún está en su caja. "
-         "Un saludo."),
-    ),
-    "de": (
-        ("negative", "Bestellung {order} beschädigt angekommen",
-         "Guten Tag,\n\nmeine Bestellung {order} ist heute angekommen, aber der Inhalt war leider zerbrochen. "
-         "Die Verpackung war völlig unzureichend. Ich bitte um Ersatz oder Erstattung.\n\n"
-         "Mit freundlichen Grüßen\n{name}"),
-        ("positive", "Danke für den tollen Service",
-         "Hallo Team, ich wollte mich nur kurz bedanken: {agent} hat mein Problem in wenigen Minuten gelöst. "
-         "Super Service, weiter so!"),
-        ("neutral", "Frage zur Rechnung",
-         "Hallo, auf meiner Rechnung für {order} steht ein Betrag von {amount}, den ich nicht zuordnen kann. "
-         "Könnten Sie mir das bitte erklären? Danke."),
-        ("negative", "Kündigung",
-         "Hiermit kündige ich mein Abonnement zum nächstmöglichen Zeitpunkt. Drei verspätete Lieferungen in "
-         "Folge sind einfach nicht akzeptabel."),
-        ("mixed", "Funktionswunsch",
-         "Die App gefällt mir grundsätzlich gut, aber dass es immer noch keinen Dunkelmodus gibt, nervt "
-         "ehrlich gesagt. Ansonsten alles prima."),
-        ("sarcastic", "Lieferung",
-         "Na toll. \"Express-Versand\" und nach {days} Tagen immer noch nichts. Wirklich beeindruckend."),
-    ),
-    "ja": (
-        ("neutral", "注文 {order} がまだ届きません",
-         "お世話になっております。{days}日前に注文した{order}がまだ届いていません。追跡情報も更新されていない"
-         "ようです。確認していただけますでしょうか。よろしくお願いいたします。"),
-        ("positive", "素晴らしい対応ありがとうございました",
-         "先日はサポートの{agent}さんに丁寧に対応していただき、本当に助かりました。商品もとても気に入っています。"
-         "ありがとうございました！"),
-        ("negative", "二重請求について",
-         "今月、{amount}が二回請求されています。至急返金をお願いします。正直、とても困っています。"),
-        ("negative", "アプリの不具合",
-         "アプリを更新してからログインできなくなりました。何度試しても「エラーが発生しました」と表示されます。"
-         "早く直してください。"),
-        ("mixed", "商品は良いが配送が遅い",
-         "商品自体はとても良いのですが、配送に二週間もかかったのは残念でした。"),
-    ),
-}
 
 
 # --------------------------------------------------------------------------

@@ -282,8 +282,9 @@ def test_make_emails_uses_the_shared_vocabulary():
     source = (ROOT / "samples" / "make_emails.py").read_text(encoding="utf-8")
     assert "from bench import datagen" in source
     for fragment in ("I've lost about an hour to this already.", "Oh great, another 'delivery exception'."):
-        assert fragment not in source, "fragments live in bench/datagen.py only"
-        assert fragment in (ROOT / "bench" / "datagen.py").read_text(encoding="utf-8")
+        assert fragment not in source, "fragments live in bench/data/vocabulary.json only"
+        assert fragment in (ROOT / "bench" / "data" / "vocabulary.json").read_text(encoding="utf-8")
+        assert fragment not in (ROOT / "bench" / "datagen.py").read_text(encoding="utf-8"), "datagen.py is code"
 
 
 # --------------------------------------------------------------------------
