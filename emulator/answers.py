@@ -24,7 +24,7 @@ Contract with the pipeline (see docs/architecture.md):
   ``{"results":[{"id":ID,"output":SENTENCE},...]}`` (pack). A pack whose
   item schema is exactly {key, output: string} (the pipeline's free-text pack)
   also gets SENTENCE as output, so free text agrees across modes too.
-* Output tokens = estimate_tokens(text); over max_tokens the text is cut to
+* Output tokens = tokenizer.count_text(text); over max_tokens the text is cut to
   max_tokens*4 bytes and stop_reason is "max_tokens".
 
 `expected_output(content, schema)` gives a test the answer for one record.
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from emulator import jsonutil
 from emulator.memo import IdentityMemo
-from transforms.tokens import estimate_tokens
+from emulator.tokenizer import count_text
 
 ITEM_RE = re.compile(r'<item id="([^"]*)"(?: n="([0-9]+)")?>(.*?)</item>', re.S)
 PACK_MARK = "<items_to_process>"
@@ -848,7 +848,7 @@ def build_answer(params: Mapping[str, Any], is_pack: bool, items: List[Item], fa
             answered = []
         if faults.fire("pack_max_tokens", ids):
             fired.append("pack_max_tokens")
-            text = truncate_to_tokens(text, max(1, estimate_tokens(text) // 2))
+            text = truncate_to_tokens(text, max(1, count_text(text) // 2))
             answered = []
             stop = "max_tokens"
     return _finish(text, stop, max_tokens, ids, answered, fired)
@@ -865,10 +865,10 @@ def single_answer(params: Mapping[str, Any], item: Item) -> Tuple[str, str, int]
 
 def _fit(text: str, stop: str, max_tokens: int) -> Tuple[str, str, int]:
     """(text, stop, output tokens), the text cut to max_tokens (stop "max_tokens") if over."""
-    out_tokens = estimate_tokens(text)
+    out_tokens = count_text(text)
     if out_tokens > max_tokens:
         text = truncate_to_tokens(text, max_tokens)
-        out_tokens = estimate_tokens(text)
+        out_tokens = count_text(text)
         stop = "max_tokens"
     return text, stop, out_tokens
 

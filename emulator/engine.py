@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from emulator import answers
 from emulator.cache import Breakpoints, CachePlan
 from emulator.memo import IdentityMemo
-from transforms.tokens import messages_tokens, shared_request_tokens
+from emulator.tokenizer import messages_tokens, shared_request_tokens
 
 
 class ApiError(Exception):
