@@ -3,8 +3,8 @@
 It speaks the real HTTP API (Messages, count_tokens, Message Batches, error
 bodies, rate-limit headers) so the real `anthropic` SDK runs end to end
 against it, answers deterministically (see emulator.answers), bills tokens
-with the pipeline's own estimator (transforms.tokens), and injects faults on
-demand (see emulator.faults).
+with its own stand-in tokenizer (emulator.tokenizer), and injects faults on
+demand (see emulator.faults). It imports nothing from the product it serves.
 
 Library use::
 

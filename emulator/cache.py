@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, List, Sequence, Tuple
 
 from emulator.memo import IdentityMemo
-from transforms.tokens import system_tokens
+from emulator.tokenizer import system_tokens
 
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from emulator import answers
+from emulator import answers, prompts
 from emulator.cache import Breakpoints, CachePlan
 from emulator.memo import IdentityMemo
-from transforms.tokens import messages_tokens, shared_request_tokens
+from emulator.tokenizer import messages_tokens, shared_request_tokens
 
 
 class ApiError(Exception):
@@ -97,7 +97,7 @@ class Prepared:
     params: Mapping[str, Any]
     model: str
     is_pack: bool
-    items: List[answers.Item]
+    items: List[prompts.Item]
     ids: List[str]
     total_tokens: int
     cache: CachePlan
@@ -118,8 +118,8 @@ def _shared_tokens(system: Any, output_config: Any) -> int:
     return shared_request_tokens(params)
 
 
-def parse_request(params: Mapping[str, Any]) -> Tuple[bool, List[answers.Item]]:
-    return answers.parse_items(answers.user_text(params))
+def parse_request(params: Mapping[str, Any]) -> Tuple[bool, List[prompts.Item]]:
+    return prompts.parse_items(prompts.user_text(params))
 
 
 class Engine:
@@ -153,7 +153,7 @@ class Engine:
         return model, plan, shared_tokens + messages_tokens(params)
 
     def prepare(self, params: Mapping[str, Any],
-                parsed: Optional[Tuple[bool, List[answers.Item]]] = None) -> Prepared:
+                parsed: Optional[Tuple[bool, List[prompts.Item]]] = None) -> Prepared:
         is_pack, items = parsed if parsed is not None else parse_request(params)
         model, plan, tokens = self._input(params)
         return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None], tokens, plan)
@@ -166,7 +166,7 @@ class Engine:
             self.state.stats.fault(name)
         return answer, _usage(prep.total_tokens, prep.cache, answer.output_tokens, tier)
 
-    def answer_single(self, params: Mapping[str, Any], item: answers.Item, tier: str
+    def answer_single(self, params: Mapping[str, Any], item: prompts.Item, tier: str
                       ) -> Tuple[str, str, str, Dict[str, Any], List[str], List[str]]:
         """prepare() then complete() of a request holding one record (not a pack, so
         no pack faults): (model, text, stop_reason, usage, ids, answered ids). The

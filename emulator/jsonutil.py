@@ -12,22 +12,35 @@ import gc
 import json
 from typing import Any, Iterator
 
-from transforms.fastjson import dumps_bytes  # the pipeline's own compact writer
-
 try:  # pragma: no cover - exercised implicitly
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None
 
+#: The standard library's compact writer, non-ASCII kept: the form orjson writes.
+_compact_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 __all__ = ["dumps", "dumps_bytes", "gc_paused", "loads"]
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON text (bytes or str). Unlike transforms.fastjson.loads, what
-    orjson refuses (NaN, ...) is an error here, as it is for the API."""
+    """Parse JSON text (bytes or str). What orjson refuses (NaN, ...) is an
+    error here, as it is for the API: no second try with the standard library."""
     if _orjson is not None:
         return _orjson.loads(data)
     return json.loads(data)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """Compact JSON, non-ASCII kept, as UTF-8 bytes (a response body, a batch
+    result line). orjson when it can write the value; what it refuses (an int
+    over 64 bits, a non-str key, ...) the standard library writes."""
+    if _orjson is None:
+        return _compact_text(value).encode("utf-8")
+    try:
+        return _orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _compact_text(value).encode("utf-8")
 
 
 def dumps(value: Any) -> str:
@@ -37,7 +50,7 @@ def dumps(value: Any) -> str:
             return _orjson.dumps(value).decode("utf-8")
         except TypeError:
             pass
-    return dumps_bytes(value).decode("utf-8")
+    return dumps_bytes(value).decode("utf-8")  # (a lone surrogate fails here, as in orjson)
 
 
 @contextlib.contextmanager

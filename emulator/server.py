@@ -23,7 +23,7 @@ from emulator.faults import CLIENT_ERROR_FAULTS, FaultSet
 from emulator.limits import RateLimiter
 from emulator.stats import Stats
 from emulator.timeutil import new_id
-from transforms.tokens import estimate_request_tokens
+from emulator.tokenizer import estimate_request_tokens
 
 log = logging.getLogger("emulator")
 

@@ -2,8 +2,9 @@
 
 Answers are deterministic (seeded by content and schema path), and tests,
 benchmarks and ledgers of earlier runs rely on them, so any restructuring of
-emulator/answers.py is checked here against digests computed with the code
-before it (commit 6bafe60) on a few hundred generated records.
+emulator/answers.py (and of prompts, rng, schemagen and packs, split out of
+it) is checked here against digests computed with the code before it
+(commit 6bafe60) on a few hundred generated records.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import datagen
-from emulator import answers
+from emulator import answers, prompts
 from transforms import packing
 
 RECORDS = list(datagen.generate_records(300, seed=7))
@@ -90,7 +91,7 @@ def _single_answers(schema):
     out = []
     for r in RECORDS:
         params = _params(packing.render_item(r["id"], _content(r)), schema)
-        is_pack, items = answers.parse_items(answers.user_text(params))
+        is_pack, items = prompts.parse_items(prompts.user_text(params))
         out.append(answers.build_answer(params, is_pack, items))
     return out
 
@@ -101,7 +102,7 @@ def _pack_answers(schema):
         chunk = RECORDS[start:start + 10]
         text = packing.render_pack([(r["id"], _content(r)) for r in chunk])
         params = _params(text, packing.pack_schema(schema))
-        is_pack, items = answers.parse_items(answers.user_text(params))
+        is_pack, items = prompts.parse_items(prompts.user_text(params))
         out.append(answers.build_answer(params, is_pack, items))
     return out
 
@@ -114,11 +115,11 @@ def test_answers_match_the_previous_generator(name, build, schema):
     assert _digest(build(schema)) == GOLDEN[name]
 
 
-_PUNCT_TEXT = st.text(alphabet=st.sampled_from([chr(k) for k in answers._PUNCT_TO_SPACE] + list("ab é\t\n\u3000\u2028\x1c")))
+_PUNCT_TEXT = st.text(alphabet=st.sampled_from([chr(k) for k in prompts._PUNCT_TO_SPACE] + list("ab é\t\n\u3000\u2028\x1c")))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(), _PUNCT_TEXT, st.text(max_size=400)))
 def test_content_words_equals_its_definition(text):
-    expected = text[:240].translate(answers._PUNCT_TO_SPACE).split()[:30]
-    assert answers.content_words(text) == expected
+    expected = text[:240].translate(prompts._PUNCT_TO_SPACE).split()[:30]
+    assert prompts.content_words(text) == expected

@@ -2,14 +2,14 @@
 
 Batch processing answers a request holding one record with
 Engine.answer_single (no Prepared/Answer objects) and generates values with
-per-schema generators (answers.schema_generator); both must agree, byte for
-byte, with prepare()+complete() and with answers.generate.
+per-schema generators (schemagen.schema_generator); both must agree, byte for
+byte, with prepare()+complete() and with schemagen.generate.
 """
 from __future__ import annotations
 
 import pytest
 
-from emulator import answers, jsonutil
+from emulator import jsonutil, prompts, schemagen
 from emulator.config import EmulatorConfig
 from emulator.memo import IdentityMemo
 from emulator.server import State
@@ -45,9 +45,9 @@ CONTENTS = ["Channel: email\nSubject: Late parcel\n\nMy order LS-1 is two weeks 
                                     {"anyOf": [{"type": "integer"}, {"type": "string", "format": "uuid"}]}])
 @pytest.mark.parametrize("content", CONTENTS)
 def test_a_schema_generator_gives_what_generate_gives(schema, content):
-    item = answers.Item("i", content)
-    expected = answers.generate(answers.compile_schema(schema), item)
-    assert jsonutil.dumps_bytes(answers.schema_generator(schema)(item)) == jsonutil.dumps_bytes(expected)
+    item = prompts.Item("i", content)
+    expected = schemagen.generate(schemagen.compile_schema(schema), item)
+    assert jsonutil.dumps_bytes(schemagen.schema_generator(schema)(item)) == jsonutil.dumps_bytes(expected)
 
 
 def _params(content, schema=None, max_tokens=300, system=None):
@@ -76,7 +76,7 @@ def test_answer_single_gives_what_prepare_and_complete_give(params):
         prep = general.engine.prepare(params)
         answer, usage = general.engine.complete(prep, "batch")
         expected = (prep.model, answer.text, answer.stop_reason, usage, prep.ids, answer.answered_ids)
-        is_pack, items = answers.parse_items(answers.user_text(params))
+        is_pack, items = prompts.parse_items(prompts.user_text(params))
         assert not is_pack and len(items) == 1
         assert single.engine.answer_single(params, items[0], "batch") == expected
     assert single.cache.entries.keys() == general.cache.entries.keys()
