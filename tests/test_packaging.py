@@ -2,7 +2,8 @@
 workers and a Flex Template image get it.
 
 * the wheel (`pip wheel --no-deps .`) holds every module and the package data
-  (transforms/data/*.yaml) and requires exactly the pins of requirements.txt;
+  (transforms/data/*.yaml, transforms/ratelimit/*.lua) and requires exactly the
+  pins of requirements.txt;
 * the sdist (what `--setup_file ./setup.py` stages as workflow.tar.gz and every
   worker pip-installs) builds into the same wheel;
 * a fresh venv (no --system-site-packages: nothing leaks in from the dev venv)
@@ -91,11 +92,15 @@ def _wheel_metadata(path: str):
 def test_wheel_holds_every_module_and_the_package_data(dist):
     files = _wheel_files(dist["wheel"])
     for package in PACKAGES:
-        on_disk = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, package, "*.py")))
+        on_disk = sorted(os.path.relpath(p, ROOT)
+                         for p in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True))
         missing = [p for p in on_disk if p not in files]
         assert not missing, f"modules missing from the wheel: {missing}"
     data = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "transforms", "data", "*.yaml")))
     assert data and all(d in files for d in data), (data, [f for f in files if "data" in f])
+    # the Redis limiter's Lua script, read next to its module at import time
+    lua = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "transforms", "ratelimit", "*.lua")))
+    assert lua and all(f in files for f in lua), (lua, [f for f in files if "ratelimit" in f])
     assert not [f for f in files if f.startswith(("tests/", "bench/", "samples/"))]
 
 
