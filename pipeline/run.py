@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
@@ -71,12 +71,6 @@ def _check_paths(job: Job, overwrite: bool) -> None:
                              "choose another --output or pass --overwrite")
         if existing:
             FileSystems.delete([m.path for m in existing])
-
-
-def _runs_in_this_process(options: PipelineOptions, runner: str) -> bool:
-    """True when the runner runs the whole job in this one process (the
-    DirectRunner but for --direct_running_mode multi_processing)."""
-    return "Direct" in runner and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
 
 
 class _Aborted(Exception):
@@ -221,8 +215,7 @@ def run(argv: List[str]) -> int:
             if stop is not None:
                 return stop
         try:
-            job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner,
-                              one_process=_runs_in_this_process(options, runner))
+            job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner)
             _check_paths(job, opts.overwrite)
         except (ValueError, TaskError, PriceError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)

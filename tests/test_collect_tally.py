@@ -9,7 +9,6 @@ import types
 import pytest
 
 from transforms import progress
-from transforms.api_process import BatchState
 from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches
 from transforms.collect import COUNTS, PROGRESS, Collector
 from transforms.client import RetryPolicy
@@ -38,9 +37,9 @@ def _collector(requests, lines):
                      output_schema=TASK.output_schema, prices=load_prices())
     fn = _CollectBatches(None, RetryPolicy(), RequestBuilder(task=TASK, run_id="r1"), ctx, PollSettings(), 2)
     body = ("\n".join(lines) + "\n").encode()
-    # The API process's side is not under test here: its calls answer from memory.
+    # The API's side is not under test here: its calls answer from memory.
     fn._calls = types.SimpleNamespace(
-        retrieve=lambda batch_id: BatchState(batch_id, "ended", AT),
+        retrieve=lambda batch_id: types.SimpleNamespace(id=batch_id, processing_status="ended", ended_at=AT),
         results=lambda batch_id: iter([body[:7], body[7:]]))
     return fn, ctx
 

@@ -198,9 +198,8 @@ def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]
 
 
 # A ledger lives on a local disk or on gs:// (ledger.open_ledger), and so do its
-# requests files. Written by hand rather than with Beam's FileSystems: those
-# would bring Beam and its own credential lookup into the API process, which
-# writes these files (api_process.BatchCalls.submit); the ledger's own Cloud
+# requests files. Written by hand rather than with Beam's FileSystems, whose
+# own credential lookup does not know the job's options; the ledger's own Cloud
 # Storage client already knows the emulator and the default credentials.
 
 def _write_file(path: str, data: bytes) -> None:

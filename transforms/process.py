@@ -52,10 +52,6 @@ class ProcessSettings:
     messages: MessagesSettings = MessagesSettings()
     ledger: Optional[LedgerSettings] = None
     lifecycle: str = "all"
-    #: Bounded batch route: share a bundle's batches with the collect process
-    #: (batch_api._CollectBatches). For the DirectRunner, whose job is one
-    #: process; a Dataflow worker already runs a process per core.
-    share_collect: bool = False
     #: Streaming: packs are cut by size or by this much waiting (processing time).
     max_buffering_s: Optional[float] = None
 
@@ -268,8 +264,7 @@ def _submit_keyed(keyed, s: ProcessSettings, ctx: RowContext):
             | "Submit batches" >> SubmitBatches(s.api, s.builder, ctx, s.poll, s.retry,
                                                 max_reasks=s.messages.max_reasks, ledger=s.ledger,
                                                 lifecycle_stage=s.lifecycle,
-                                                streaming=bool(s.max_buffering_s),
-                                                share_collect=s.share_collect))
+                                                streaming=bool(s.max_buffering_s)))
 
 
 class _ViaBatches(beam.PTransform):

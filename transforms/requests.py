@@ -121,10 +121,6 @@ class RequestBuilder:
     run_id: str
     prompt_cache: bool = True
     cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
-    #: The output schema as sent is transformed by the API process (asked once
-    #: per process, on first use): a batch job's own process never imports the
-    #: SDK (see api_process.py). Otherwise by the SDK in this process.
-    schemas_by_api_process: bool = False
 
     def system_blocks(self, packed: bool) -> List[Dict[str, Any]]:
         text = self.task.system.rstrip() + "\n\n" + (
@@ -144,11 +140,7 @@ class RequestBuilder:
             schema = dict(self.task.output_schema)
         else:
             return None
-        canonical = json.dumps(schema, sort_keys=True)
-        if self.schemas_by_api_process:
-            from transforms import api_process  # not at the top: it imports this module
-            return api_process.wire_schema(canonical)
-        return _wire_schema(canonical)
+        return _wire_schema(json.dumps(schema, sort_keys=True))
 
     def params(self, request: Request) -> Dict[str, Any]:
         """The full Messages API body of a request."""
@@ -285,8 +277,8 @@ def seal_work(work: Any) -> Sealed:
     shuffle and sits in the batcher's state: as a dataclass it was pickled
     twice and unpickled twice on the way, and the state cache walked every
     object of it to weigh the bag. As (int, int, bytes) it is pickled once
-    here, opened once where the batch is created (the API process, see
-    api_process.py) and once where it is collected, and Beam's coders only copy bytes.
+    here, opened once where the batch is created and (without a ledger) once
+    where it is collected, and Beam's coders only copy bytes.
 
     The pickle holds the fields as plain tuples, not the dataclasses: a
     pickled class is looked up again (an import) by every load, which made
