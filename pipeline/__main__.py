@@ -3,4 +3,4 @@ import sys
 from pipeline.run import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

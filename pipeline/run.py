@@ -6,7 +6,6 @@ one-in-one-out promise; 2 bad usage (a flag, the task file, the input);
 but batches are still running (collect again later); 130 aborted."""
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -26,7 +25,6 @@ from pipeline.build import Job, build, resolve_job
 from pipeline.options import LOCAL, ClaudeOptions, help_parser, validate
 from transforms.client import API_KEY_ENV
 from transforms.costs import PriceError
-from transforms.gctuning import lighter_gc
 from transforms.progress import ProgressLine
 from transforms.task import TaskError
 
@@ -39,8 +37,6 @@ EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
-#: Set once a streaming job was cancelled: main() must not wait for its threads.
-_STREAMING_THREADS_LEFT = threading.Event()
 
 
 def _use_emulator(opts: ClaudeOptions) -> bool:
@@ -114,6 +110,27 @@ def _cancel_run_batches(job: Job) -> int:
     return cancelled
 
 
+def _start_as_daemon(p: beam.Pipeline):
+    """p.run(), called on a daemon thread: the threads the runner starts for the
+    job inherit that (a thread made by a daemon thread is a daemon unless told
+    otherwise), so a cancelled DirectRunner streaming job whose threads do not
+    stop (the Pub/Sub reader) cannot keep the interpreter from exiting."""
+    started: Dict[str, object] = {}
+
+    def start():
+        try:
+            started["result"] = p.run()
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+            started["error"] = e
+
+    thread = threading.Thread(target=start, name="start-streaming-job", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in started:
+        raise started["error"]
+    return started["result"]
+
+
 def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[float]) -> int:
     """Run until cancelled (or for duration_s); output lands per window as it is written."""
     p = beam.Pipeline(options=options)
@@ -123,7 +140,7 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
     result = None
     try:
         with _abort_on_signals():
-            result = p.run()
+            result = _start_as_daemon(p)
             if duration_s:
                 # The DirectRunner's wait_until_finish takes no duration: sleep, then cancel.
                 time.sleep(duration_s)
@@ -136,7 +153,6 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
             result.cancel()
         except Exception:  # noqa: BLE001 - already stopped
             pass
-        _STREAMING_THREADS_LEFT.set()
     return EXIT_OK
 
 
@@ -235,7 +251,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals(), ProgressLine(), lighter_gc():
+            with _abort_on_signals(), ProgressLine():
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.
@@ -290,23 +306,8 @@ def run(argv: List[str]) -> int:
     return EXIT_OK
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command: its exit code (python -m pipeline exits with it)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = run(argv)
-    _leave(code, run_exit_handlers=not _STREAMING_THREADS_LEFT.is_set())
-
-
-def _leave(code: int, run_exit_handlers: bool = True) -> None:
-    """Exit now, without the interpreter's teardown: the job is over and every
-    file it wrote is closed. Freeing a 100,000-record run's heap object by
-    object took ~0.8 s (a twentieth of the run), and a cancelled DirectRunner
-    streaming job can leave non-daemon threads (the Pub/Sub reader) that a
-    normal exit would wait for forever; for that one case the exit handlers,
-    which may join such threads, are skipped too. Otherwise they run (logging's
-    flush among them), as in a normal exit."""
-    if run_exit_handlers:
-        atexit._run_exitfuncs()  # what sys.exit would run first; CPython has no public name for it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return run(argv)

@@ -164,8 +164,7 @@ def test_a_record_the_template_cannot_render_is_a_dead_letter(emu, api_env, tmp_
 
 
 def test_the_command_exits_with_its_code_and_flushes_everything(emu, api_env, tmp_path):
-    """main() leaves with os._exit (no heap teardown): exit code, piped stdout and
-    stderr must still arrive whole, and logging's exit handler must still run."""
+    """python -m pipeline exits with main()'s code; piped stdout and stderr arrive whole."""
     import subprocess
     import sys
     out = tmp_path / "out"
