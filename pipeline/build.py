@@ -13,7 +13,7 @@ import apache_beam as beam
 from pipeline.options import ClaudeOptions
 from transforms.batch_api import PollSettings
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings, RetryPolicy
+from transforms.client import ApiSettings, RetryPolicy, wire_schemas
 from transforms.batch_api import CollectBatches
 from transforms.costs import load_prices
 from transforms.lifecycle import LedgerSettings
@@ -125,8 +125,9 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
                      max_cost_usd=getattr(opts, "max_cost_usd", None),
                      deadline_at=_deadline_at(opts))
+    # The schemas as sent are transformed here, once, and travel with the builder.
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
-                             cache_min_tokens=opts.prompt_cache_min_tokens)
+                             cache_min_tokens=opts.prompt_cache_min_tokens, wire_schemas=wire_schemas(task))
     initial, longest = _POLL_DEFAULTS[local]
     poll = PollSettings(initial_s=opts.poll_interval_s or initial,
                         max_s=opts.poll_max_interval_s or longest,

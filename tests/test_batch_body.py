@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import fake_key
 from transforms.records import Record
+from transforms.client import wire_schemas
 from transforms.requests import BatchBody, RequestBuilder
 from transforms.task import Task
 
@@ -20,7 +21,7 @@ def _requests(builder, n=40):
 
 
 def test_streamed_body_joins_to_the_plain_json(monkeypatch):
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder)
     monkeypatch.setattr(BatchBody, "CHUNK_BYTES", 5000)  # several chunks
     body = builder.batch_body_stream(requests)
@@ -40,7 +41,7 @@ def test_the_sdk_sends_the_streamed_body_with_its_length():
     from anthropic.types.messages import MessageBatch
 
     import emulator
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder)
     body = builder.batch_body_stream(requests)
     with emulator.running() as emu:
@@ -56,7 +57,7 @@ def test_the_sdk_sends_the_streamed_body_with_its_length():
 
 @pytest.mark.parametrize("size", [1, 2])
 def test_small_bodies_are_one_chunk(size):
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder, n=size + 3)[:size]
     body = builder.batch_body_stream(requests)
     assert len(list(body)) == 1 and body.size == len(bytes(body))
@@ -65,7 +66,7 @@ def test_small_bodies_are_one_chunk(size):
 def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
     from transforms.batch_api import open_work, seal_work
     from transforms.process import _weigh_request
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}") for i in range(3))
     single, pack = builder.single(recs[0]), (builder.pack(recs), recs)
     for work in (single, pack):
@@ -83,7 +84,7 @@ def test_a_submitted_batch_without_its_requests_loads_them_from_the_requests_fil
 
     from transforms import lifecycle
     from transforms.batch_api import SubmittedBatch
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}", {"n": i}) for i in range(3))
     requests = [builder.single(recs[0]), builder.pack(recs)]
     records = {r.record_id: r for r in recs}

@@ -20,7 +20,7 @@ from pipeline.run import EXIT_OK, run
 from tests.conftest import assert_one_in_one_out, read_output
 from transforms import lifecycle
 from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches, _CreateBatches
-from transforms.client import ApiSettings, RetryPolicy, describe_error
+from transforms.client import ApiSettings, RetryPolicy, describe_error, wire_schemas
 from transforms.collect import BatchCalls
 from transforms.costs import load_prices
 from transforms.outcomes import RowContext
@@ -41,7 +41,8 @@ def _calls(emu) -> BatchCalls:
 
 
 def _builder() -> RequestBuilder:
-    return RequestBuilder(task=load_task(TASK), run_id="batch-calls-test")
+    task = load_task(TASK)
+    return RequestBuilder(task=task, run_id="batch-calls-test", wire_schemas=wire_schemas(task))
 
 
 def _sealed(builder, n, prefix="r"):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from transforms import lifecycle
 from transforms.records import Record
+from transforms.client import wire_schemas
 from transforms.requests import Item, Request, RequestBuilder
 from transforms.task import Task
 
@@ -45,7 +46,7 @@ def test_files_of_the_previous_release_still_read_back():
 
 
 def _requests():
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = [Record(f"id-{i}", "k", f"t\u00e9xt {i} </item>", {"n": i}, ("flag",) if i % 3 == 0 else ())
             for i in range(7)]
     return [builder.single(r) for r in recs[:4]] + [builder.pack(recs[4:]), V1_PACK, V1_SINGLE], \
@@ -127,7 +128,7 @@ def _digest_as_before(builder, requests):
 
 
 def test_params_digest_values_are_the_ones_existing_ledgers_hold():
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     plain = [Request(f"cid-{i}", "p", "k", tuple(Item(f"id{i}-{j}", "k", f"{i:02x}{j}" * 8, 3)
                                                   for j in range(i % 3 + 1)), "t", False, 100 + i, 1, 1)
              for i in range(5)]
@@ -151,7 +152,7 @@ _ANY_TEXT = st.lists(st.characters() | st.sampled_from(["\udc80", "\ud800", "\x7
        st.booleans())
 def test_params_digest_is_the_digest_of_the_same_bytes_as_before(rows, prompt_cache):
     """Any text (non-ASCII, DEL, control characters, lone surrogates) and any integer."""
-    builder = RequestBuilder(task=TASK, run_id="r1", prompt_cache=prompt_cache)
+    builder = RequestBuilder(task=TASK, run_id="r1", prompt_cache=prompt_cache, wire_schemas=wire_schemas(TASK))
     requests = [Request(cid, "p", "k", tuple(Item("x", "k", sha, 1) for sha in shas), "t", False, max_tokens, 1, 1)
                 for cid, max_tokens, shas in rows]
     assert lifecycle.params_digest(builder, requests) == _digest_as_before(builder, requests)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any, Optional, Tuple
 
-from transforms import registry
+from transforms import packing, registry
+from transforms.requests import WireSchemas
+from transforms.task import Task
 
 #: Environment variable holding the API key. The key itself is never a
 #: pipeline option (options are visible in the Dataflow UI and in logs).
@@ -38,6 +41,19 @@ class ApiSettings:
             raise RuntimeError(f"{API_KEY_ENV} is not set on this worker; set it, pass "
                                "--api-key-secret, or pass --api-base local to use the local emulator")
         return key
+
+
+def wire_schemas(task: Task) -> WireSchemas:
+    """The task's output schemas as sent to the API: the SDK's transform_schema
+    of its schema (keys sorted first, as always) and of its pack schema. Called
+    where the job is built; the builder carries the result to the workers."""
+    import anthropic
+
+    def wire(schema) -> str:
+        return json.dumps(anthropic.transform_schema(json.loads(json.dumps(schema, sort_keys=True))))
+
+    single = wire(dict(task.output_schema)) if task.output_schema else None
+    return WireSchemas(single=single, packed=wire(packing.pack_schema(task.output_schema)))
 
 
 def read_secret(name: str) -> str:

@@ -4,6 +4,10 @@ A Request carries only what differs between requests (the user message and
 the ids it answers for). The shared parts (system prompt, schema, model) are
 added by `RequestBuilder.params` at send time, so 100,000 queued requests do
 not each carry a copy of a 5 KB system prompt through the pipeline.
+
+The output schemas as sent (the SDK's transform of the task's schema) are
+data the builder is given (WireSchemas, made by client.wire_schemas where the
+job is built): this module imports neither the SDK nor any API module.
 """
 from __future__ import annotations
 
@@ -107,10 +111,22 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class WireSchemas:
+    """A task's output schemas as sent to the API, as JSON text: the API's
+    structured outputs refuse keywords such as minimum/maxLength, and the
+    SDK's transform (client.wire_schemas) moves them into descriptions.
+    Computed once, where the job is built, and carried with the builder."""
+
+    #: The schema of a single record's answer (None: free text).
+    single: Optional[str]
+    #: The schema of a pack's answer (packing.pack_schema of the task's).
+    packed: str
+
+
 @functools.lru_cache(maxsize=64)
-def _wire_schema(canonical: str) -> Dict[str, Any]:
-    import anthropic
-    return anthropic.transform_schema(json.loads(canonical))
+def _parsed(text: str) -> Dict[str, Any]:
+    return json.loads(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +137,9 @@ class RequestBuilder:
     run_id: str
     prompt_cache: bool = True
     cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
+    #: The output schemas as sent (client.wire_schemas(task)); needed by any
+    #: request that has a schema (every pack, and singles of a task with one).
+    wire_schemas: Optional[WireSchemas] = None
 
     def system_blocks(self, packed: bool) -> List[Dict[str, Any]]:
         text = self.task.system.rstrip() + "\n\n" + (
@@ -131,16 +150,14 @@ class RequestBuilder:
         return [block]
 
     def output_schema(self, packed: bool) -> Optional[Dict[str, Any]]:
-        """The schema as sent: the API's structured outputs refuse keywords such as
-        minimum/maxLength, so the SDK's own transform moves them into descriptions.
-        Answers are still validated locally against the task's full schema."""
-        if packed:
-            schema = packing.pack_schema(self.task.output_schema)
-        elif self.task.output_schema:
-            schema = dict(self.task.output_schema)
-        else:
+        """The schema as sent (see WireSchemas). Answers are still validated
+        locally against the task's full schema."""
+        if not packed and not self.task.output_schema:
             return None
-        return _wire_schema(json.dumps(schema, sort_keys=True))
+        if self.wire_schemas is None:
+            raise ValueError("this RequestBuilder was given no wire_schemas: build it with "
+                             "wire_schemas=transforms.client.wire_schemas(task)")
+        return _parsed(self.wire_schemas.packed if packed else self.wire_schemas.single)
 
     def params(self, request: Request) -> Dict[str, Any]:
         """The full Messages API body of a request."""
