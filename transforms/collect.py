@@ -26,7 +26,7 @@ from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder, Sealed, requests_of
+from transforms.requests import Request, RequestBuilder, SealedWork, requests_of
 
 __all__ = ["BatchCalls", "Created", "Collector", "PollSettings", "SubmittedBatch", "MAIN", "DEAD", "COUNTS",
            "METRIC", "PROGRESS"]
@@ -182,7 +182,7 @@ class SubmittedBatch:
     #: Set instead of `requests` and `records` when the batch was created from
     #: sealed Works (see requests.seal_work): they cross the Reshuffle as the
     #: bytes they already are, and are opened once, by the collector.
-    sealed: Tuple[Sealed, ...] = ()
+    sealed: Tuple[SealedWork, ...] = ()
 
     def loaded(self) -> "SubmittedBatch":
         """This batch with its requests (and packed records) in memory."""

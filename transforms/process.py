@@ -16,7 +16,7 @@ from transforms.lifecycle import LedgerSettings
 from transforms.messages_api import CallMessages, MessagesSettings
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder
+from transforms.requests import Request, RequestBuilder, SealedWork
 from transforms.task import TemplateError
 from transforms.tokens import estimate_tokens
 
@@ -30,9 +30,32 @@ DEFAULT_PACK_SIZE = 20
 #: Estimated input tokens of a pack's items: keeps packs far from any
 #: context window and keeps a re-ask cheap.
 DEFAULT_PACK_MAX_INPUT_TOKENS = 24_000
-#: (shard, sealed Work): declared so the batcher's shuffle codes it with fast
-#: integer and bytes coders instead of pickling each pair.
-_KEYED_WORK = Tuple[int, Tuple[int, int, bytes]]
+
+
+class SealedWorkCoder(beam.coders.Coder):
+    """A SealedWork as two varints and its bytes: deterministic, and no pickle
+    of the record around the pickle it already is."""
+
+    _FIELDS = beam.coders.TupleCoder([beam.coders.VarIntCoder(), beam.coders.VarIntCoder(),
+                                      beam.coders.BytesCoder()])
+
+    def encode(self, value: SealedWork) -> bytes:
+        return self._FIELDS.encode((value.size_bytes, value.input_tokens, value.pickled))
+
+    def decode(self, encoded: bytes) -> SealedWork:
+        return SealedWork(*self._FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return SealedWork
+
+
+beam.coders.registry.register_coder(SealedWork, SealedWorkCoder)
+#: (shard, sealed Work): declared so the batcher's shuffle codes it with the
+#: integer coder and SealedWorkCoder instead of pickling each pair.
+_KEYED_WORK = Tuple[int, SealedWork]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +201,8 @@ def _request_of(work) -> Request:
 
 
 def _weigh_request(work):
-    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
-        return work[0], work[1]  # sealed: (bytes, tokens, pickled work)
+    if isinstance(work, SealedWork):
+        return work.size_bytes, work.input_tokens
     request = _request_of(work)
     return request.size_bytes, request.input_tokens
 

@@ -279,21 +279,33 @@ class RequestBuilder:
         return self._shared_size(packed)
 
 
-#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
-Sealed = Tuple[int, int, bytes]
+@dataclasses.dataclass(frozen=True)
+class SealedWork:
+    """A Work on its way to a batch (seal_work): its weight, and its fields as one pickle.
+
+    Crosses the shard shuffle with a deterministic coder of its own
+    (process.SealedWorkCoder: two varints and the bytes), and the batcher's
+    state and the Reshuffle by pickle (as the class and its three fields)."""
+
+    size_bytes: int
+    input_tokens: int
+    pickled: bytes
+
+    def __reduce__(self):
+        return SealedWork, (self.size_bytes, self.input_tokens, self.pickled)
 
 #: Where `items` sits among a Request's fields (its flat form nests the Items' fields there).
 _ITEMS_AT = [f.name for f in dataclasses.fields(Request)].index("items")
 _RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Record)))
 
 
-def seal_work(work: Any) -> Sealed:
+def seal_work(work: Any) -> SealedWork:
     """A Work as its weight and one pickle.
 
     Between building a request and creating its batch, a Work crosses a
     shuffle and sits in the batcher's state: as a dataclass it was pickled
     twice and unpickled twice on the way, and the state cache walked every
-    object of it to weigh the bag. As (int, int, bytes) it is pickled once
+    object of it to weigh the bag. As a SealedWork it is pickled once
     here, opened once where the batch is created and (without a ledger) once
     where it is collected, and Beam's coders only copy bytes.
 
@@ -306,14 +318,14 @@ def seal_work(work: Any) -> Sealed:
         flat = (_flat_request(request), tuple(map(_RECORD_FIELDS, records)))
     else:
         request, flat = work, (_flat_request(work), None)
-    return request.size_bytes, request.input_tokens, pickle.dumps(flat, pickle.HIGHEST_PROTOCOL)
+    return SealedWork(request.size_bytes, request.input_tokens, pickle.dumps(flat, pickle.HIGHEST_PROTOCOL))
 
 
 def open_work(work: Any) -> Any:
     """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
-    if not (isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes)):
+    if not isinstance(work, SealedWork):
         return work
-    request, records = pickle.loads(work[2])
+    request, records = pickle.loads(work.pickled)
     request = _request_of_flat(request)
     return request if records is None else (request, tuple(Record(*fields) for fields in records))
 
