@@ -64,21 +64,20 @@ def read_secret(name: str) -> str:
     return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
 
 
-def make_client(settings: ApiSettings, api_key: Optional[str] = None):
+def make_client(settings: ApiSettings):
     """An anthropic client with the SDK's retries off: our retry loop (tenacity)
-    also feeds the rate limiter, and the two must not stack. `api_key`, when
-    given, is used instead of the settings' (the API process gets it per call)."""
+    also feeds the rate limiter, and the two must not stack."""
     import anthropic
 
     return anthropic.Anthropic(
-        api_key=api_key or settings.api_key(),
+        api_key=settings.api_key(),
         base_url=settings.base_url,
         max_retries=0,
         timeout=anthropic.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
     )
 
 
-def shared_client(settings: ApiSettings, api_key: Optional[str] = None):
+def shared_client(settings: ApiSettings):
     """The process's client for these settings, built on first use and kept.
 
     Why not one per DoFn setup(): the DirectRunner calls setup() and teardown()
@@ -92,14 +91,12 @@ def shared_client(settings: ApiSettings, api_key: Optional[str] = None):
     the key (a later run in the same process with another key gets its own
     client); a Secret Manager version is named by the settings, and is read
     once per process rather than once per bundle.
-    `api_key`, when given, is used instead of the settings' (the API process
-    is handed the job's key with each call) and names the client the same way.
     """
     ident: Tuple[Any, ...] = ("client", settings)
-    key = api_key if api_key is not None else (None if settings.api_key_secret else settings.api_key())
+    key = None if settings.api_key_secret else settings.api_key()
     if key:
         ident += (hashlib.sha256(key.encode("utf-8")).hexdigest(),)
-    return registry.per_process(ident, lambda: make_client(settings, api_key=api_key))
+    return registry.per_process(ident, lambda: make_client(settings))
 
 
 def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.ThreadPoolExecutor:
