@@ -73,17 +73,47 @@ class _Aborted(Exception):
     """SIGTERM or Ctrl-C while the job ran."""
 
 
+#: How often a signal whose abort has not started yet is delivered again.
+_SIGNAL_REPEAT_S = 0.5
+
+
 @contextlib.contextmanager
 def _abort_on_signals():
-    """Turn SIGTERM (a scheduler's or Dataflow's stop) into the same path as Ctrl-C."""
+    """Turn SIGTERM (a scheduler's or Dataflow's stop) into the same path as Ctrl-C.
+
+    The handler raises _Aborted on the main thread wherever it happens to be;
+    when that is inside a callback whose exceptions Python ignores (a weakref
+    callback run by the garbage collector, a __del__), the raise is lost. So
+    the first signal also starts a daemon thread that delivers it again to the
+    main thread every _SIGNAL_REPEAT_S until the abort is under way."""
+    main = threading.main_thread().ident
+    received, underway = threading.Event(), threading.Event()
+    repeater: List[threading.Thread] = []
+
+    def repeat(signum):
+        while not underway.wait(_SIGNAL_REPEAT_S):
+            signal.pthread_kill(main, signum)
+
     def handler(signum, frame):
+        if not received.is_set():
+            received.set()
+            repeater.append(threading.Thread(target=repeat, args=(signum,), name="repeat-signal", daemon=True))
+            repeater[0].start()
         raise _Aborted(signal.Signals(signum).name)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except KeyboardInterrupt as e:
+        underway.set()
         raise _Aborted("SIGINT") from e
+    except _Aborted:
+        underway.set()
+        raise
     finally:
+        underway.set()
+        for thread in repeater:
+            thread.join()  # no repeat after the handlers of before are back
         for sig, old in previous.items():
             signal.signal(sig, old)
 

@@ -56,10 +56,10 @@ class _CreateBatches(_ApiDoFn):
 
     Creates run on one background thread per bundle, in arrival order: while
     the API (or the emulator) receives a 256 MB body, this worker goes on
-    building the next batch instead of waiting. Outputs are emitted in submission order, from process() once
-    their create returns and from finish_bundle() for the rest, each in its
-    input's window. Metrics and progress are only touched on the bundle's own
-    thread.
+    building the next batch instead of waiting. Outputs are emitted in
+    submission order, from process() once their create returns and from
+    finish_bundle() for the rest, each in its input's window. Metrics and
+    progress are only touched on the bundle's own thread.
     """
 
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
