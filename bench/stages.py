@@ -7,12 +7,11 @@ bundle execution timed per fused stage, and prints, after the run: when the
 first bundle started (imports, graph, translation before it), the wall and CPU
 time of each stage, and the run's total. A stage's name lists the steps fused
 into it. CPU time is the process's (all threads), so a stage whose CPU exceeds
-its wall had a background thread busy too (batch creates, gzip).
+its wall had a background thread busy too (batch creates).
 """
 from __future__ import annotations
 
 import argparse
-import atexit
 import collections
 import runpy
 import sys
@@ -74,11 +73,15 @@ def main(argv=None) -> int:
     clock = StageClock()
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     fn_runner.FnApiRunner._execute_bundle = clock.wrap(fn_runner.FnApiRunner._execute_bundle)
-    # The pipeline's main() leaves with os._exit after running the exit handlers: report from one.
-    atexit.register(lambda: sys.stderr.write(clock.report(args.top) + "\n"))
     sys.argv = ["pipeline", *pipeline_args]
-    runpy.run_module("pipeline", run_name="__main__")
-    return 0
+    code = 0
+    try:
+        runpy.run_module("pipeline", run_name="__main__")  # ends in sys.exit(the pipeline's exit code)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.stderr.write(clock.report(args.top) + "\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def beam_main(argv: Sequence[str]) -> int:
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from transforms.client import wire_schemas
     from transforms.records import Record
     from transforms.requests import RequestBuilder
     from transforms.task import load_task
@@ -265,7 +266,7 @@ def beam_main(argv: Sequence[str]) -> int:
     args = ap.parse_args(argv)
 
     task = load_task(TASK)
-    builder = RequestBuilder(task=task, run_id="bench")
+    builder = RequestBuilder(task=task, run_id="bench", wire_schemas=wire_schemas(task))
     shared = builder.shared_size(False)
 
     def to_prompt(line: str):

@@ -12,10 +12,9 @@ import apache_beam as beam
 
 from pipeline import backend
 from pipeline.options import ClaudeOptions
-from transforms import api_process
 from transforms.batch_api import PollSettings
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings, RetryPolicy
+from transforms.client import ApiSettings, RetryPolicy, wire_schemas
 from transforms.batch_api import CollectBatches
 from transforms.costs import load_prices
 from transforms.lifecycle import LedgerSettings
@@ -102,10 +101,8 @@ def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
 
 
 def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
-                runner_supports_id_label: bool = False, one_process: bool = False) -> Job:
-    """Options -> Job. Raises ValueError/TaskError with the flag or field at fault.
-    `one_process`: the runner runs the job in this process (the DirectRunner's
-    default), which then shares collecting with a helper process."""
+                runner_supports_id_label: bool = False) -> Job:
+    """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
     task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
@@ -130,11 +127,9 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                      prompt_sha256=task.prompt_sha256, output_schema=task.output_schema, prices=prices,
                      max_cost_usd=getattr(opts, "max_cost_usd", None),
                      deadline_at=_deadline_at(opts), api_base=backend.provenance(api_base, local))
-    # Batch modes make their API calls from the API process, which also
-    # transforms the output schema: the job's process never imports the SDK.
+    # The schemas as sent are transformed here, once, and travel with the builder.
     builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=opts.prompt_cache,
-                             cache_min_tokens=opts.prompt_cache_min_tokens,
-                             schemas_by_api_process=opts.mode in api_process.BATCH_MODES)
+                             cache_min_tokens=opts.prompt_cache_min_tokens, wire_schemas=wire_schemas(task))
     initial, longest = _POLL_DEFAULTS[local]
     poll = PollSettings(initial_s=opts.poll_interval_s or initial,
                         max_s=opts.poll_max_interval_s or longest,
@@ -153,7 +148,7 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
             limits=Limits(rpm=opts.rpm, itpm=opts.itpm, otpm=opts.otpm, rpd=opts.rpd),
             redis_url=opts.rate_limit_redis, max_in_flight=getattr(opts, "max_in_flight", None),
             shed_to=getattr(opts, "shed_to", "wait"), urgent_field=getattr(opts, "urgent_field", None)),
-        ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all", share_collect=one_process)
+        ledger=ledger, lifecycle="submit" if opts.lifecycle == "submit" else "all")
     fields = FieldMap(id_field=opts.id_field, text_field=opts.text_field,
                       pack_key_field=opts.pack_key_field, max_text_bytes=opts.max_text_bytes)
     return Job(task=task, input=opts.input, input_format=opts.input_format,
@@ -177,8 +172,7 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
     if job.lifecycle == "collect":
         s = job.process
         out = p | "Collect recorded batches" >> CollectBatches(
-            open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll,
-            share_collect=s.share_collect)
+            open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll)
         results, dead = out["results"], out["dead_letter"]
         prefix = "part-collect-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     else:

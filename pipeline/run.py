@@ -6,7 +6,6 @@ one-in-one-out promise; 2 bad usage (a flag, the task file, the input);
 but batches are still running (collect again later); 130 aborted."""
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -19,7 +18,7 @@ from typing import Dict, List, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
@@ -27,7 +26,6 @@ from pipeline import backend
 from pipeline.options import ClaudeOptions, help_parser, validate
 from transforms.client import API_KEY_ENV
 from transforms.costs import PriceError
-from transforms.gctuning import lighter_gc
 from transforms.progress import ProgressLine
 from transforms.task import TaskError
 
@@ -40,8 +38,6 @@ EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
 _LOG = logging.getLogger("pipeline")
-#: Set once a streaming job was cancelled: main() must not wait for its threads.
-_STREAMING_THREADS_LEFT = threading.Event()
 
 
 def _check_paths(job: Job, overwrite: bool) -> None:
@@ -61,27 +57,51 @@ def _check_paths(job: Job, overwrite: bool) -> None:
             FileSystems.delete([m.path for m in existing])
 
 
-def _runs_in_this_process(options: PipelineOptions, runner: str) -> bool:
-    """True when the runner runs the whole job in this one process (the
-    DirectRunner but for --direct_running_mode multi_processing)."""
-    return "Direct" in runner and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
-
-
 class _Aborted(Exception):
     """SIGTERM or Ctrl-C while the job ran."""
 
 
+#: How often a signal whose abort has not started yet is delivered again.
+_SIGNAL_REPEAT_S = 0.5
+
+
 @contextlib.contextmanager
 def _abort_on_signals():
-    """Turn SIGTERM (a scheduler's or Dataflow's stop) into the same path as Ctrl-C."""
+    """Turn SIGTERM (a scheduler's or Dataflow's stop) into the same path as Ctrl-C.
+
+    The handler raises _Aborted on the main thread wherever it happens to be;
+    when that is inside a callback whose exceptions Python ignores (a weakref
+    callback run by the garbage collector, a __del__), the raise is lost. So
+    the first signal also starts a daemon thread that delivers it again to the
+    main thread every _SIGNAL_REPEAT_S until the abort is under way."""
+    main = threading.main_thread().ident
+    received, underway = threading.Event(), threading.Event()
+    repeater: List[threading.Thread] = []
+
+    def repeat(signum):
+        while not underway.wait(_SIGNAL_REPEAT_S):
+            signal.pthread_kill(main, signum)
+
     def handler(signum, frame):
+        if not received.is_set():
+            received.set()
+            repeater.append(threading.Thread(target=repeat, args=(signum,), name="repeat-signal", daemon=True))
+            repeater[0].start()
         raise _Aborted(signal.Signals(signum).name)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except KeyboardInterrupt as e:
+        underway.set()
         raise _Aborted("SIGINT") from e
+    except _Aborted:
+        underway.set()
+        raise
     finally:
+        underway.set()
+        for thread in repeater:
+            thread.join()  # no repeat after the handlers of before are back
         for sig, old in previous.items():
             signal.signal(sig, old)
 
@@ -108,6 +128,27 @@ def _cancel_run_batches(job: Job) -> int:
     return cancelled
 
 
+def _start_as_daemon(p: beam.Pipeline):
+    """p.run(), called on a daemon thread: the threads the runner starts for the
+    job inherit that (a thread made by a daemon thread is a daemon unless told
+    otherwise), so a cancelled DirectRunner streaming job whose threads do not
+    stop (the Pub/Sub reader) cannot keep the interpreter from exiting."""
+    started: Dict[str, object] = {}
+
+    def start():
+        try:
+            started["result"] = p.run()
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+            started["error"] = e
+
+    thread = threading.Thread(target=start, name="start-streaming-job", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in started:
+        raise started["error"]
+    return started["result"]
+
+
 def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[float]) -> int:
     """Run until cancelled (or for duration_s); output lands per window as it is written."""
     p = beam.Pipeline(options=options)
@@ -117,7 +158,7 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
     result = None
     try:
         with _abort_on_signals():
-            result = p.run()
+            result = _start_as_daemon(p)
             if duration_s:
                 # The DirectRunner's wait_until_finish takes no duration: sleep, then cancel.
                 time.sleep(duration_s)
@@ -130,7 +171,6 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
             result.cancel()
         except Exception:  # noqa: BLE001 - already stopped
             pass
-        _STREAMING_THREADS_LEFT.set()
     return EXIT_OK
 
 
@@ -205,8 +245,7 @@ def run(argv: List[str]) -> int:
             if stop is not None:
                 return stop
         try:
-            job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner,
-                              one_process=_runs_in_this_process(options, runner))
+            job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner)
             _check_paths(job, opts.overwrite)
         except (ValueError, TaskError, PriceError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -226,7 +265,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals(), ProgressLine(), lighter_gc():
+            with _abort_on_signals(), ProgressLine():
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.
@@ -281,23 +320,8 @@ def run(argv: List[str]) -> int:
     return EXIT_OK
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command: its exit code (python -m pipeline exits with it)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = run(argv)
-    _leave(code, run_exit_handlers=not _STREAMING_THREADS_LEFT.is_set())
-
-
-def _leave(code: int, run_exit_handlers: bool = True) -> None:
-    """Exit now, without the interpreter's teardown: the job is over and every
-    file it wrote is closed. Freeing a 100,000-record run's heap object by
-    object took ~0.8 s (a twentieth of the run), and a cancelled DirectRunner
-    streaming job can leave non-daemon threads (the Pub/Sub reader) that a
-    normal exit would wait for forever; for that one case the exit handlers,
-    which may join such threads, are skipped too. Otherwise they run (logging's
-    flush among them), as in a normal exit."""
-    if run_exit_handlers:
-        atexit._run_exitfuncs()  # what sys.exit would run first; CPython has no public name for it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return run(argv)

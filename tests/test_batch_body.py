@@ -1,11 +1,13 @@
 """The create body is streamed in chunks: same bytes, exact length, re-iterable."""
 import json
+import pickle
 import pickletools
 
 import pytest
 
 from tests.conftest import fake_key
 from transforms.records import Record
+from transforms.client import wire_schemas
 from transforms.requests import BatchBody, RequestBuilder
 from transforms.task import Task
 
@@ -20,7 +22,7 @@ def _requests(builder, n=40):
 
 
 def test_streamed_body_joins_to_the_plain_json(monkeypatch):
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder)
     monkeypatch.setattr(BatchBody, "CHUNK_BYTES", 5000)  # several chunks
     body = builder.batch_body_stream(requests)
@@ -40,7 +42,7 @@ def test_the_sdk_sends_the_streamed_body_with_its_length():
     from anthropic.types.messages import MessageBatch
 
     import emulator
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder)
     body = builder.batch_body_stream(requests)
     with emulator.running() as emu:
@@ -56,7 +58,7 @@ def test_the_sdk_sends_the_streamed_body_with_its_length():
 
 @pytest.mark.parametrize("size", [1, 2])
 def test_small_bodies_are_one_chunk(size):
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = _requests(builder, n=size + 3)[:size]
     body = builder.batch_body_stream(requests)
     assert len(list(body)) == 1 and body.size == len(bytes(body))
@@ -65,17 +67,36 @@ def test_small_bodies_are_one_chunk(size):
 def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
     from transforms.batch_api import open_work, seal_work
     from transforms.process import _weigh_request
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    from transforms.requests import SealedWork
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}") for i in range(3))
     single, pack = builder.single(recs[0]), (builder.pack(recs), recs)
     for work in (single, pack):
         sealed = seal_work(work)
-        assert isinstance(sealed[2], bytes)
+        assert isinstance(sealed, SealedWork) and isinstance(sealed.pickled, bytes)
         assert open_work(sealed) == work
         assert _weigh_request(sealed) == _weigh_request(work)
         assert open_work(work) is work  # unsealed works pass as they are
         # Plain tuples inside: no class for every load to look up (an import each time).
-        assert not [op for op, _, _ in pickletools.genops(sealed[2]) if "GLOBAL" in op.name]
+        assert not [op for op, _, _ in pickletools.genops(sealed.pickled) if "GLOBAL" in op.name]
+
+
+def test_a_keyed_sealed_work_crosses_the_shuffle_with_its_own_deterministic_coder():
+    import apache_beam as beam
+
+    from transforms.batch_api import open_work, seal_work
+    from transforms.process import _KEYED_WORK, SealedWorkCoder
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
+    sealed = seal_work(builder.single(Record("id-1", "k", "t1")))
+    from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
+    coder = beam.coders.registry.get_coder(convert_to_beam_type(_KEYED_WORK))  # as with_output_types does
+    assert coder.is_deterministic()
+    assert isinstance(coder.coders()[1], SealedWorkCoder)
+    encoded = coder.encode((3, sealed))
+    assert coder.encode((3, sealed)) == encoded
+    shard, back = coder.decode(encoded)
+    assert shard == 3 and back == sealed and open_work(back) == open_work(sealed)
+    assert pickle.loads(pickle.dumps(sealed)) == sealed  # the batcher's state and the Reshuffle pickle it
 
 
 def test_a_submitted_batch_without_its_requests_loads_them_from_the_requests_file(tmp_path):
@@ -83,7 +104,7 @@ def test_a_submitted_batch_without_its_requests_loads_them_from_the_requests_fil
 
     from transforms import lifecycle
     from transforms.batch_api import SubmittedBatch
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}", {"n": i}) for i in range(3))
     requests = [builder.single(recs[0]), builder.pack(recs)]
     records = {r.record_id: r for r in recs}

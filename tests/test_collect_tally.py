@@ -9,10 +9,9 @@ import types
 import pytest
 
 from transforms import progress
-from transforms.api_process import BatchState
 from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches
 from transforms.collect import COUNTS, PROGRESS, Collector
-from transforms.client import RetryPolicy
+from transforms.client import RetryPolicy, wire_schemas
 from transforms.costs import load_prices
 from transforms.outcomes import RowContext
 from transforms.records import Record
@@ -36,18 +35,18 @@ def _line(request, n):
 def _collector(requests, lines):
     ctx = RowContext(run_id="r1", mode="batch", model=TASK.model, prompt_sha256=TASK.prompt_sha256,
                      output_schema=TASK.output_schema, prices=load_prices())
-    fn = _CollectBatches(None, RetryPolicy(), RequestBuilder(task=TASK, run_id="r1"), ctx, PollSettings(), 2)
+    fn = _CollectBatches(None, RetryPolicy(), RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK)), ctx, PollSettings(), 2)
     body = ("\n".join(lines) + "\n").encode()
-    # The API process's side is not under test here: its calls answer from memory.
+    # The API's side is not under test here: its calls answer from memory.
     fn._calls = types.SimpleNamespace(
-        retrieve=lambda batch_id: BatchState(batch_id, "ended", AT),
+        retrieve=lambda batch_id: types.SimpleNamespace(id=batch_id, processing_status="ended", ended_at=AT),
         results=lambda batch_id: iter([body[:7], body[7:]]))
     return fn, ctx
 
 
 @pytest.mark.parametrize("every", [1, 2, 1000])
 def test_progress_totals_do_not_depend_on_how_often_the_tally_is_passed_on(monkeypatch, every):
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     requests = [builder.single(Record(f"id-{n}", "k", f"text {n}")) for n in range(5)]
     fn, ctx = _collector(requests, [_line(r, n) for n, r in enumerate(requests)])
     monkeypatch.setattr(Collector, "COUNT_EVERY", every)

@@ -134,3 +134,26 @@ def test_sigterm_cancels_the_runs_batches(emu_reset, tmp_path, data):
     entries = list(ledger.list(run_id="lifecycle-test"))
     assert [e.state for e in entries] == ["cancelled"]
     assert emu_reset.batch_status(entries[0].batch_id) in ("canceling", "ended")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost raise, on purpose
+def test_a_signal_whose_raise_is_lost_in_an_ignored_callback_is_delivered_again():
+    """The handler's _Aborted is ignored when it lands in a __del__ (or a weakref
+    callback run by the GC): the signal comes again until the abort is under way."""
+    from pipeline.run import _abort_on_signals, _Aborted
+
+    class Dies:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs in here: its raise is ignored
+                pass
+
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    with pytest.raises(_Aborted, match="SIGTERM"):
+        with _abort_on_signals():
+            Dies()
+            while time.monotonic() - started < 10:
+                time.sleep(0.01)
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler of before is back

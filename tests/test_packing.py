@@ -436,13 +436,14 @@ def test_batch_body_is_the_json_of_every_request_params():
     """The fast, pre-encoded create body equals the plain JSON encoding."""
     import json
 
+    from transforms.client import wire_schemas
     from transforms.requests import RequestBuilder
     from transforms.task import Task
 
     task = Task(model="m", system="Be brief. " * 300, template="{text}",
                 output_schema={"type": "object", "properties": {"label": {"type": "string"}},
                                "required": ["label"], "additionalProperties": False})
-    builder = RequestBuilder(task=task, run_id="r1")
+    builder = RequestBuilder(task=task, run_id="r1", wire_schemas=wire_schemas(task))
     recs = [Record(f"id-{i}", "k", f'text "{i}" é </item>') for i in range(5)]
     requests = [builder.single(recs[0]), builder.pack(recs[1:4]), builder.single(recs[4])]
     body = json.loads(builder.batch_body(requests))

@@ -96,10 +96,11 @@ def test_plan_reads_with_the_jobs_normalizer(monkeypatch):
 
 def test_request_token_estimates_are_the_bodies_estimates():
     """The plan sums Request.input_tokens; it must equal the estimate of the body sent."""
+    from transforms.client import wire_schemas
     from transforms.requests import RequestBuilder
     from transforms.task import load_task
     task = load_task(TASK)
-    builder = RequestBuilder(task=task, run_id="r")
+    builder = RequestBuilder(task=task, run_id="r", wire_schemas=wire_schemas(task))
     sample = read_sample(SAMPLE, FieldMap(pack_key_field="customer_id"), None, task, 400, "first")
     kinds = build_requests(builder, sample.records, BatchBounds(max_items=20, max_tokens=24_000))
     requests = kinds["single"]["single"].requests + kinds["packed"]["packed"].requests

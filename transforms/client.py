@@ -4,10 +4,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any, Optional, Tuple
 
-from transforms import registry
+from transforms import packing, registry
+from transforms.requests import WireSchemas
+from transforms.task import Task
 
 #: Environment variable holding the API key. The key itself is never a
 #: pipeline option (options are visible in the Dataflow UI and in logs).
@@ -40,6 +43,19 @@ class ApiSettings:
         return key
 
 
+def wire_schemas(task: Task) -> WireSchemas:
+    """The task's output schemas as sent to the API: the SDK's transform_schema
+    of its schema (keys sorted first, as always) and of its pack schema. Called
+    where the job is built; the builder carries the result to the workers."""
+    import anthropic
+
+    def wire(schema) -> str:
+        return json.dumps(anthropic.transform_schema(json.loads(json.dumps(schema, sort_keys=True))))
+
+    single = wire(dict(task.output_schema)) if task.output_schema else None
+    return WireSchemas(single=single, packed=wire(packing.pack_schema(task.output_schema)))
+
+
 def read_secret(name: str) -> str:
     """The value of a Secret Manager secret version (never logged)."""
     from google.cloud import secretmanager
@@ -48,21 +64,20 @@ def read_secret(name: str) -> str:
     return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
 
 
-def make_client(settings: ApiSettings, api_key: Optional[str] = None):
+def make_client(settings: ApiSettings):
     """An anthropic client with the SDK's retries off: our retry loop (tenacity)
-    also feeds the rate limiter, and the two must not stack. `api_key`, when
-    given, is used instead of the settings' (the API process gets it per call)."""
+    also feeds the rate limiter, and the two must not stack."""
     import anthropic
 
     return anthropic.Anthropic(
-        api_key=api_key or settings.api_key(),
+        api_key=settings.api_key(),
         base_url=settings.base_url,
         max_retries=0,
         timeout=anthropic.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
     )
 
 
-def shared_client(settings: ApiSettings, api_key: Optional[str] = None):
+def shared_client(settings: ApiSettings):
     """The process's client for these settings, built on first use and kept.
 
     Why not one per DoFn setup(): the DirectRunner calls setup() and teardown()
@@ -76,14 +91,12 @@ def shared_client(settings: ApiSettings, api_key: Optional[str] = None):
     the key (a later run in the same process with another key gets its own
     client); a Secret Manager version is named by the settings, and is read
     once per process rather than once per bundle.
-    `api_key`, when given, is used instead of the settings' (the API process
-    is handed the job's key with each call) and names the client the same way.
     """
     ident: Tuple[Any, ...] = ("client", settings)
-    key = api_key if api_key is not None else (None if settings.api_key_secret else settings.api_key())
+    key = None if settings.api_key_secret else settings.api_key()
     if key:
         ident += (hashlib.sha256(key.encode("utf-8")).hexdigest(),)
-    return registry.per_process(ident, lambda: make_client(settings, api_key=api_key))
+    return registry.per_process(ident, lambda: make_client(settings))
 
 
 def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.ThreadPoolExecutor:

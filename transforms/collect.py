@@ -1,11 +1,11 @@
-"""Collecting created batches: wait for each to end, stream its results, match
-them by custom_id to their requests, re-ask what packs failed.
+"""The batch route's API calls (BatchCalls) and collecting created batches
+(Collector): wait for each batch to end, stream its results, match them by
+custom_id to their requests, re-ask what packs failed.
 
-Free of Beam, so that the same code runs in a DoFn (batch_api._CollectBatches)
-and in the collect process (api_process), which takes some of a bundle's
-batches while the job's own process collects the others: a batch's results
-cost ~25 us of Python each, and a 2-core machine otherwise collects on one
-core while the other waits.
+Free of Beam: batch_api._CollectBatches runs a Collector in a DoFn, and tests
+run one with calls that answer from memory. Every call is made in this
+process, with the process's shared SDK client (client.shared_client) and the
+job's retry policy (tenacity; retry.classify decides what is retried).
 
 A Collector yields tagged items: (MAIN, result row), (DEAD, DeadLetter), and
 every COUNT_EVERY results and at the end of a batch (COUNTS, Counts): what
@@ -18,20 +18,18 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
-import os
-import pickle
 import time
-from typing import Any, Counter, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Counter, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from transforms import fastjson, lifecycle, registry
 from transforms.budget import fitting_prefix, get_budget
-from transforms.client import describe_error
+from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
 from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder, Sealed, requests_of
+from transforms.requests import Request, RequestBuilder, SealedWork, requests_of
 
-__all__ = ["Collector", "PollSettings", "SubmittedBatch", "MAIN", "DEAD", "COUNTS", "METRIC", "PROGRESS",
-           "offload_plan", "write_items", "read_items"]
+__all__ = ["BatchCalls", "Created", "Collector", "PollSettings", "SubmittedBatch", "MAIN", "DEAD", "COUNTS",
+           "METRIC", "PROGRESS"]
 
 _LOG = logging.getLogger(__name__)
 MAIN, DEAD, COUNTS = "main", "dead_letter", "counts"
@@ -44,6 +42,103 @@ _TRANSIENT_ERRORS = frozenset({"api_error", "overloaded_error", "timeout_error"}
 #: A batch round usually ends within the hour: closer than this to --deadline,
 #: stragglers (expired / errored items) go through the Messages API instead.
 STRAGGLER_WINDOW_S = 3600.0
+#: Bytes per chunk read from a results file: few reads, little memory.
+RESULTS_CHUNK_BYTES = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Created:
+    """A batch the API accepted: its id and how many records its requests hold."""
+
+    id: str
+    items: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchCalls:
+    """The Message Batches calls of the batch route, made in this process.
+
+    Settings only (safe to pickle with a DoFn): the client is the process's
+    (client.shared_client, built on first use and shared by every DoFn and
+    thread), and each call is retried by `retry` (RetryPolicy: tenacity,
+    retry.classify). A call that still fails raises the SDK's exception.
+    """
+
+    api: ApiSettings
+    retry: RetryPolicy
+
+    def client(self):
+        return shared_client(self.api)
+
+    def check_key(self) -> None:
+        """Raise now, with the reason, if there is no key to send (building the
+        client reads it: the environment, or Secret Manager once per process)."""
+        self.client()
+
+    def create(self, builder: RequestBuilder, requests: Sequence[Request]) -> Created:
+        """Create a batch of `requests` (no ledger)."""
+        return Created(self._post(builder, requests).id, _items(requests))
+
+    def create_batch(self, builder: RequestBuilder, works: Sequence[Any],
+                     ledger: Optional[lifecycle.LedgerSettings], run_id: str,
+                     records: Optional[Dict[str, Record]] = None) -> Tuple[Created, bool, Optional[str]]:
+        """(created, reused, ledger key) for `works` (sealed or not; see
+        requests.seal_work): through the ledger (lifecycle.submit_once: its
+        requests file, the create, its record) when there is one. `records`:
+        the packed records when `works` are bare Requests (re-asks). Raises
+        lifecycle.SubmissionPending as submit_once does."""
+        requests, packed = requests_of(works)
+        if ledger is None:
+            return self.create(builder, requests), False, None
+        batch_id, reused, key = lifecycle.submit_once(
+            registry.per_process(("ledger", ledger.path), ledger.open), ledger.path, run_id, builder, requests,
+            records if records is not None else packed,
+            create=lambda: self._post(builder, requests), cancel=self.cancel)
+        return Created(batch_id, _items(requests)), reused, key
+
+    def _post(self, builder: RequestBuilder, requests: Sequence[Request]):
+        """The create call; the SDK's MessageBatch.
+
+        The SDK's own client (auth, base URL, errors) with a pre-encoded body:
+        messages.batches.create would deep-copy and re-encode the same
+        instructions once per request (see RequestBuilder.batch_body). Streamed
+        with its length, so the whole body is never in memory; re-iterable, so
+        a retry sends it again."""
+        from anthropic.types.messages import MessageBatch
+
+        client = self.client()
+        body = builder.batch_body_stream(requests)
+        return self.retry.call(lambda: client.post(
+            "/v1/messages/batches", cast_to=MessageBatch, content=body,
+            options={"headers": {"content-type": "application/json", "content-length": str(body.size)}}))
+
+    def cancel(self, batch_id: str) -> None:
+        client = self.client()
+        self.retry.call(lambda: client.messages.batches.cancel(batch_id))
+
+    def retrieve(self, batch_id: str):
+        """The SDK's MessageBatch (id, processing_status, ended_at, ...)."""
+        client = self.client()
+        return self.retry.call(lambda: client.messages.batches.retrieve(batch_id))
+
+    def message(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """One Messages API call: the message as the API's JSON (a dict)."""
+        client = self.client()
+        raw = self.retry.call(lambda: client.messages.with_raw_response.create(**params))
+        return fastjson.loads(raw.http_response.content)
+
+    def results(self, batch_id: str) -> Iterator[bytes]:
+        """The results file of an ended batch, in chunks of JSONL bytes.
+
+        The SDK's results() builds a pydantic object per line (about 0.4 ms
+        each, the largest cost of a 100,000-record batch); its streaming
+        response of the same endpoint gives the raw bytes at a fraction of that."""
+        with self.client().messages.batches.with_streaming_response.results(batch_id) as response:
+            yield from response.iter_bytes(RESULTS_CHUNK_BYTES)
+
+
+def _items(requests: Sequence[Request]) -> int:
+    return sum(len(r.items) for r in requests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +182,7 @@ class SubmittedBatch:
     #: Set instead of `requests` and `records` when the batch was created from
     #: sealed Works (see requests.seal_work): they cross the Reshuffle as the
     #: bytes they already are, and are opened once, by the collector.
-    sealed: Tuple[Sealed, ...] = ()
-    #: How many requests the batch holds, when `requests` are not in memory.
-    request_count: int = 0
+    sealed: Tuple[SealedWork, ...] = ()
 
     def loaded(self) -> "SubmittedBatch":
         """This batch with its requests (and packed records) in memory."""
@@ -101,18 +194,14 @@ class SubmittedBatch:
         requests, records = lifecycle.read_requests(self.requests_path)
         return dataclasses.replace(self, requests=tuple(requests), records=records, requests_path=None)
 
-    def size(self) -> int:
-        """Requests in the batch, as far as known without reading its requests
-        file (1 when nothing says)."""
-        return len(self.requests) or len(self.sealed) or self.request_count or 1
-
 
 class Collector:
     """Collects SubmittedBatches into tagged items (see the module doc).
 
     For packs, ids the answer failed are re-asked (half packs, then alone) in
     follow-up batches, up to `max_reasks`, each round created only after the
-    previous one's results have been read. `calls` is an api_process.BatchCalls.
+    previous one's results have been read. `calls` is a BatchCalls (or
+    anything with its retrieve, results, message and create_batch).
     """
 
     #: Results between two COUNTS items.
@@ -244,10 +333,8 @@ class Collector:
     def _results(self, batch_id: str) -> Iterator[Dict[str, Any]]:
         """The results file, streamed line by line as plain dicts.
 
-        The SDK's results() builds a pydantic object per line (about 0.4 ms
-        each, the largest cost of a 100,000-record batch); the API process
-        reads its streaming response of the same endpoint and hands on the bytes.
-        A line that is not a JSON object with a custom_id and a result is
+        The raw bytes of the results file (BatchCalls.results), not the SDK's
+        pydantic objects. A line that is not a JSON object with a custom_id and a result is
         counted and skipped, not fatal: its request then has no result and is
         dead-lettered as missing, like one the batch left out.
         """
@@ -353,71 +440,3 @@ class Collector:
             for d in failed_request(self._ctx, request, sent, Stage.COLLECT, reason, message,
                                     batch=True, carried=carried):
                 yield DEAD, d
-
-
-# ---------------------------------------------------------------------------
-# Sharing a bundle's batches with the collect process
-
-#: What a batch the collect process took costs the job, next to collecting it
-#: itself: unpickling its items (~5 us a result) and passing them on, against
-#: ~25 us of matching, checking and building rows.
-OFFLOADED_SHARE = 0.4
-
-
-def offload_plan(sizes: Sequence[int], share: float = OFFLOADED_SHARE) -> Set[int]:
-    """Indices of the batches to hand to the collect process, so that it and
-    the job finish at about the same time (greedy, largest batch first; a
-    tie goes to the collect process, which starts first).
-
-    A batch taken costs the collect process its size and the job `share` of
-    it; a batch kept costs the job its size."""
-    job = helper = 0.0
-    taken: Set[int] = set()
-    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        size = sizes[index]
-        if max(job + share * size, helper + size) <= max(job + size, helper):
-            taken.add(index)
-            job += share * size
-            helper += size
-        else:
-            job += size
-    return taken
-
-
-#: Items per pickle in an items file: per-pickle costs vanish, and reading
-#: one back needs little memory.
-ITEMS_PER_PICKLE = 500
-
-
-def write_items(path: str, items: Iterable[Tuple[str, Any]]) -> int:
-    """The items into `path`, as consecutive pickles of up to ITEMS_PER_PICKLE; their number."""
-    written = 0
-    chunk: List[Tuple[str, Any]] = []
-    with open(path, "wb") as f:
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= ITEMS_PER_PICKLE:
-                pickle.dump(chunk, f, pickle.HIGHEST_PROTOCOL)
-                written += len(chunk)
-                chunk = []
-        if chunk:
-            pickle.dump(chunk, f, pickle.HIGHEST_PROTOCOL)
-            written += len(chunk)
-    return written
-
-
-def read_items(path: str) -> Iterator[Tuple[str, Any]]:
-    """The items of a file write_items wrote, a pickle at a time; the file is removed after."""
-    try:
-        with open(path, "rb") as f:
-            while True:
-                try:
-                    chunk = pickle.load(f)
-                except EOFError:
-                    return
-                yield from chunk
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass

@@ -12,7 +12,6 @@ For every batch about to be created:
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import logging
@@ -68,32 +67,25 @@ def _digest_line(value: Any) -> bytes:
 
 def requests_path(ledger_path: str, key: str) -> str:
     """Where the requests file of submission `key` is written (readers take
-    the path its ledger entry recorded: files of earlier releases end in .json.gz)."""
+    the path its ledger entry recorded)."""
     return f"{ledger_path.rstrip('/')}/requests/{key}.json.zst"
 
 
 # ---------------------------------------------------------------------------
 # The requests file
 #
-# One JSON object, compressed with zstd (gzip before this release: read_requests
-# reads both, told apart by their first bytes). Written since format 2 as columns: each field of
+# One JSON object, compressed with zstd, in columns (format 2): each field of
 # Request and Item is one JSON array, so reading 100,000 requests parses a
 # few dozen arrays of strings and numbers instead of 400,000 small objects
 # (whose allocation alone set off the garbage collector's full passes over
 # the whole heap), and the Requests are built with one map() per dataclass.
-# Earlier releases wrote one object per request, and gzipped it twice (Beam's
-# FileSystems.create gzips a ".gz" path on its own): read_requests reads both.
 
-#: Layout version written by write_requests; files without one are the
-#: per-request layout of earlier releases.
+#: Layout version written by write_requests (the only one read).
 _FORMAT = 2
-#: gzip's magic number: files of earlier releases start with it, the first
-#: ones even after their outer layer (Beam's) is removed.
-_GZIP_MAGIC = b"\x1f\x8b"
-#: zstd's magic number: the first bytes of a file of this release.
+#: zstd's magic number: the first bytes of a requests file.
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-#: Level 1: these files are written on the hot path (by the API process, on
-#: the core the creates wait for) and read once. On a 27,000-request file
+#: Level 1: these files are written before each create (on the create
+#: thread, while the next batch is built) and read once. On a 27,000-request file
 #: (18 MB of JSON): 0.03 s and 4.1 MB, where gzip's level 1 took 0.19 s and
 #: wrote 5.9 MB; reading back 0.02 s instead of 0.07 s.
 _ZSTD_LEVEL = 1
@@ -153,12 +145,6 @@ def _column(columns: Dict[str, list], name: str, length: int, defaults: Dict[str
     return values
 
 
-def _request_from_json(d: Dict[str, Any]) -> Request:
-    """A Request of the per-request layout (files of earlier releases)."""
-    items = tuple(Item(**{**i, "flags": tuple(i.get("flags") or ())}) for i in d["items"])
-    return Request(**{**d, "items": items})
-
-
 def write_requests(path: str, requests: Sequence[Request], records: Optional[Dict[str, Record]]) -> None:
     """The requests of one submission (and packed records), as zstd-compressed JSON."""
     # Requests hold only strings, ints and booleans: orjson writes them as
@@ -174,22 +160,15 @@ def write_requests(path: str, requests: Sequence[Request], records: Optional[Dic
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:
-    """The requests (and packed records) of a file written by any release."""
+    """The requests (and packed records) of a file write_requests wrote."""
     data = _read_file(path)
-    if data[:4] == _ZSTD_MAGIC:
-        data = zstandard.ZstdDecompressor().decompress(data)
-    else:  # an earlier release's file: gzipped once, or (the first ones) twice
-        data = gzip.decompress(data)
-        if data[:2] == _GZIP_MAGIC:
-            data = gzip.decompress(data)
-    body = fastjson.loads(data)
+    if data[:4] != _ZSTD_MAGIC:
+        raise ValueError(f"requests file {path} is not a zstd frame (written by write_requests)")
+    body = fastjson.loads(zstandard.ZstdDecompressor().decompress(data))
     version = body.get("format")
-    if version == _FORMAT:
-        requests = _request_from_columns(body)
-    elif version is None:
-        requests = [_request_from_json(d) for d in body["requests"]]
-    else:
-        raise ValueError(f"requests file {path} has format {version!r}; this release reads up to {_FORMAT}")
+    if version != _FORMAT:
+        raise ValueError(f"requests file {path} has format {version!r}; this release reads format {_FORMAT}")
+    requests = _request_from_columns(body)
     records = None
     if body.get("records"):
         records = {d["record_id"]: Record(**{**d, "flags": tuple(d.get("flags") or ())})
@@ -198,9 +177,8 @@ def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]
 
 
 # A ledger lives on a local disk or on gs:// (ledger.open_ledger), and so do its
-# requests files. Written by hand rather than with Beam's FileSystems: those
-# would bring Beam and its own credential lookup into the API process, which
-# writes these files (api_process.BatchCalls.submit); the ledger's own Cloud
+# requests files. Written by hand rather than with Beam's FileSystems, whose
+# own credential lookup does not know the job's options; the ledger's own Cloud
 # Storage client already knows the emulator and the default credentials.
 
 def _write_file(path: str, data: bytes) -> None:

@@ -17,7 +17,7 @@ from transforms.messages_api import CallMessages, MessagesSettings
 from transforms.modes import MESSAGES_MODES, MODES, PACKED_MODES
 from transforms.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder
+from transforms.requests import Request, RequestBuilder, SealedWork
 from transforms.task import TemplateError
 from transforms.tokens import estimate_tokens
 
@@ -30,9 +30,32 @@ DEFAULT_PACK_SIZE = 20
 #: Estimated input tokens of a pack's items: keeps packs far from any
 #: context window and keeps a re-ask cheap.
 DEFAULT_PACK_MAX_INPUT_TOKENS = 24_000
-#: (shard, sealed Work): declared so the batcher's shuffle codes it with fast
-#: integer and bytes coders instead of pickling each pair.
-_KEYED_WORK = Tuple[int, Tuple[int, int, bytes]]
+
+
+class SealedWorkCoder(beam.coders.Coder):
+    """A SealedWork as two varints and its bytes: deterministic, and no pickle
+    of the record around the pickle it already is."""
+
+    _FIELDS = beam.coders.TupleCoder([beam.coders.VarIntCoder(), beam.coders.VarIntCoder(),
+                                      beam.coders.BytesCoder()])
+
+    def encode(self, value: SealedWork) -> bytes:
+        return self._FIELDS.encode((value.size_bytes, value.input_tokens, value.pickled))
+
+    def decode(self, encoded: bytes) -> SealedWork:
+        return SealedWork(*self._FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return SealedWork
+
+
+beam.coders.registry.register_coder(SealedWork, SealedWorkCoder)
+#: (shard, sealed Work): declared so the batcher's shuffle codes it with the
+#: integer coder and SealedWorkCoder instead of pickling each pair.
+_KEYED_WORK = Tuple[int, SealedWork]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +75,6 @@ class ProcessSettings:
     messages: MessagesSettings = MessagesSettings()
     ledger: Optional[LedgerSettings] = None
     lifecycle: str = "all"
-    #: Bounded batch route: share a bundle's batches with the collect process
-    #: (batch_api._CollectBatches). For the DirectRunner, whose job is one
-    #: process; a Dataflow worker already runs a process per core.
-    share_collect: bool = False
     #: Streaming: packs are cut by size or by this much waiting (processing time).
     max_buffering_s: Optional[float] = None
 
@@ -182,8 +201,8 @@ def _request_of(work) -> Request:
 
 
 def _weigh_request(work):
-    if isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes):
-        return work[0], work[1]  # sealed: (bytes, tokens, pickled work)
+    if isinstance(work, SealedWork):
+        return work.size_bytes, work.input_tokens
     request = _request_of(work)
     return request.size_bytes, request.input_tokens
 
@@ -268,8 +287,7 @@ def _submit_keyed(keyed, s: ProcessSettings, ctx: RowContext):
             | "Submit batches" >> SubmitBatches(s.api, s.builder, ctx, s.poll, s.retry,
                                                 max_reasks=s.messages.max_reasks, ledger=s.ledger,
                                                 lifecycle_stage=s.lifecycle,
-                                                streaming=bool(s.max_buffering_s),
-                                                share_collect=s.share_collect))
+                                                streaming=bool(s.max_buffering_s)))
 
 
 class _ViaBatches(beam.PTransform):

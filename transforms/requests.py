@@ -4,6 +4,10 @@ A Request carries only what differs between requests (the user message and
 the ids it answers for). The shared parts (system prompt, schema, model) are
 added by `RequestBuilder.params` at send time, so 100,000 queued requests do
 not each carry a copy of a 5 KB system prompt through the pipeline.
+
+The output schemas as sent (the SDK's transform of the task's schema) are
+data the builder is given (WireSchemas, made by client.wire_schemas where the
+job is built): this module imports neither the SDK nor any API module.
 """
 from __future__ import annotations
 
@@ -107,10 +111,22 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class WireSchemas:
+    """A task's output schemas as sent to the API, as JSON text: the API's
+    structured outputs refuse keywords such as minimum/maxLength, and the
+    SDK's transform (client.wire_schemas) moves them into descriptions.
+    Computed once, where the job is built, and carried with the builder."""
+
+    #: The schema of a single record's answer (None: free text).
+    single: Optional[str]
+    #: The schema of a pack's answer (packing.pack_schema of the task's).
+    packed: str
+
+
 @functools.lru_cache(maxsize=64)
-def _wire_schema(canonical: str) -> Dict[str, Any]:
-    import anthropic
-    return anthropic.transform_schema(json.loads(canonical))
+def _parsed(text: str) -> Dict[str, Any]:
+    return json.loads(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +137,9 @@ class RequestBuilder:
     run_id: str
     prompt_cache: bool = True
     cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
-    #: The output schema as sent is transformed by the API process (asked once
-    #: per process, on first use): a batch job's own process never imports the
-    #: SDK (see api_process.py). Otherwise by the SDK in this process.
-    schemas_by_api_process: bool = False
+    #: The output schemas as sent (client.wire_schemas(task)); needed by any
+    #: request that has a schema (every pack, and singles of a task with one).
+    wire_schemas: Optional[WireSchemas] = None
 
     def system_blocks(self, packed: bool) -> List[Dict[str, Any]]:
         text = self.task.system.rstrip() + "\n\n" + (
@@ -135,20 +150,14 @@ class RequestBuilder:
         return [block]
 
     def output_schema(self, packed: bool) -> Optional[Dict[str, Any]]:
-        """The schema as sent: the API's structured outputs refuse keywords such as
-        minimum/maxLength, so the SDK's own transform moves them into descriptions.
-        Answers are still validated locally against the task's full schema."""
-        if packed:
-            schema = packing.pack_schema(self.task.output_schema)
-        elif self.task.output_schema:
-            schema = dict(self.task.output_schema)
-        else:
+        """The schema as sent (see WireSchemas). Answers are still validated
+        locally against the task's full schema."""
+        if not packed and not self.task.output_schema:
             return None
-        canonical = json.dumps(schema, sort_keys=True)
-        if self.schemas_by_api_process:
-            from transforms import api_process  # not at the top: it imports this module
-            return api_process.wire_schema(canonical)
-        return _wire_schema(canonical)
+        if self.wire_schemas is None:
+            raise ValueError("this RequestBuilder was given no wire_schemas: build it with "
+                             "wire_schemas=transforms.client.wire_schemas(task)")
+        return _parsed(self.wire_schemas.packed if packed else self.wire_schemas.single)
 
     def params(self, request: Request) -> Dict[str, Any]:
         """The full Messages API body of a request."""
@@ -270,23 +279,35 @@ class RequestBuilder:
         return self._shared_size(packed)
 
 
-#: A Work on its way to a batch: (bytes, tokens, the pickled Work).
-Sealed = Tuple[int, int, bytes]
+@dataclasses.dataclass(frozen=True)
+class SealedWork:
+    """A Work on its way to a batch (seal_work): its weight, and its fields as one pickle.
+
+    Crosses the shard shuffle with a deterministic coder of its own
+    (process.SealedWorkCoder: two varints and the bytes), and the batcher's
+    state and the Reshuffle by pickle (as the class and its three fields)."""
+
+    size_bytes: int
+    input_tokens: int
+    pickled: bytes
+
+    def __reduce__(self):
+        return SealedWork, (self.size_bytes, self.input_tokens, self.pickled)
 
 #: Where `items` sits among a Request's fields (its flat form nests the Items' fields there).
 _ITEMS_AT = [f.name for f in dataclasses.fields(Request)].index("items")
 _RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Record)))
 
 
-def seal_work(work: Any) -> Sealed:
+def seal_work(work: Any) -> SealedWork:
     """A Work as its weight and one pickle.
 
     Between building a request and creating its batch, a Work crosses a
     shuffle and sits in the batcher's state: as a dataclass it was pickled
     twice and unpickled twice on the way, and the state cache walked every
-    object of it to weigh the bag. As (int, int, bytes) it is pickled once
-    here, opened once where the batch is created (the API process, see
-    api_process.py) and once where it is collected, and Beam's coders only copy bytes.
+    object of it to weigh the bag. As a SealedWork it is pickled once
+    here, opened once where the batch is created and (without a ledger) once
+    where it is collected, and Beam's coders only copy bytes.
 
     The pickle holds the fields as plain tuples, not the dataclasses: a
     pickled class is looked up again (an import) by every load, which made
@@ -297,14 +318,14 @@ def seal_work(work: Any) -> Sealed:
         flat = (_flat_request(request), tuple(map(_RECORD_FIELDS, records)))
     else:
         request, flat = work, (_flat_request(work), None)
-    return request.size_bytes, request.input_tokens, pickle.dumps(flat, pickle.HIGHEST_PROTOCOL)
+    return SealedWork(request.size_bytes, request.input_tokens, pickle.dumps(flat, pickle.HIGHEST_PROTOCOL))
 
 
 def open_work(work: Any) -> Any:
     """The Work of a sealed Work; a Work passed as is (tests, callers of SubmitBatches) unchanged."""
-    if not (isinstance(work, tuple) and len(work) == 3 and isinstance(work[2], bytes)):
+    if not isinstance(work, SealedWork):
         return work
-    request, records = pickle.loads(work[2])
+    request, records = pickle.loads(work.pickled)
     request = _request_of_flat(request)
     return request if records is None else (request, tuple(Record(*fields) for fields in records))
 

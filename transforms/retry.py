@@ -39,7 +39,6 @@ __all__ = [
     "RetryEvent",
     "RetryStats",
     "classify",
-    "RemoteError",
     "parse_retry_after",
     "make_retrying",
     "call_with_retries",
@@ -149,20 +148,6 @@ def parse_retry_after(headers: Optional[Mapping[str, str]], *, now: Optional[flo
     return None
 
 
-class RemoteError(RuntimeError):
-    """A failure classified where it happened, in another process (the API
-    process, see api_process.py): the SDK's exceptions hold an HTTP response
-    and do not cross a process boundary, their Decision does."""
-
-    def __init__(self, decision: "Decision", description: str):
-        super().__init__(description)
-        self.decision = decision
-        self.description = description
-
-    def __reduce__(self):
-        return RemoteError, (self.decision, self.description)
-
-
 def _headers_of(exc: BaseException) -> Optional[Mapping[str, str]]:
     response = getattr(exc, "response", None)
     return getattr(response, "headers", None)
@@ -191,13 +176,9 @@ def classify(exc: BaseException) -> Decision:
     A server's ``x-should-retry: false`` makes any kind non-retryable;
     ``true`` makes it retryable except TOO_LARGE and SPEND_LIMIT (resending
     the same oversized request, or spending past a cap, cannot succeed).
-    A :class:`RemoteError` keeps the decision made where it was raised.
     """
-    if isinstance(exc, RemoteError):
-        return exc.decision
     # The SDK as loaded, never imported here: a process that has not imported
-    # it (the batch route's, see api_process.py) cannot hold one of its errors,
-    # and importing it costs that process a second and a half.
+    # it cannot hold one of its errors.
     anthropic = sys.modules.get("anthropic")
     if anthropic is None:
         return Decision(Kind.FATAL, False, reason="fatal: " + type(exc).__name__)

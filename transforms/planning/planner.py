@@ -23,7 +23,7 @@ import datetime as dt
 from typing import Any, Dict, List, Optional, Tuple
 
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings, make_client
+from transforms.client import ApiSettings, make_client, wire_schemas
 from transforms.costs import load_prices
 from transforms.modes import MODES, PACKED_MODES
 from transforms.normalize import FieldMap
@@ -93,7 +93,8 @@ def plan(opts: Any, api_base: Optional[str], local: bool, *, sample: Optional[in
     prices.price(task.model)
     builder = RequestBuilder(task=task, run_id=_opt(opts, "run_id", "plan"),
                              prompt_cache=_opt(opts, "prompt_cache", True),
-                             cache_min_tokens=_opt(opts, "prompt_cache_min_tokens", 1024))
+                             cache_min_tokens=_opt(opts, "prompt_cache_min_tokens", 1024),
+                             wire_schemas=wire_schemas(task))
     fields = FieldMap(id_field=_opt(opts, "id_field", "id"), text_field=_opt(opts, "text_field", "text"),
                       pack_key_field=_opt(opts, "pack_key_field"),
                       max_text_bytes=_opt(opts, "max_text_bytes", 1_000_000))
