@@ -8,12 +8,20 @@ reservation could be made in time.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Protocol
 
 from transforms.ratelimit.headers import HeaderLimits
 
-if TYPE_CHECKING:
-    from transforms.ratelimit.base import _LimiterBase
+
+class _Issuer(Protocol):
+    """What a reservation needs of the limiter that granted it (a Protocol, so
+    this module does not import the limiter that imports it)."""
+
+    def _finish(self, reservation: "Reservation", actual_input: float, actual_output: float,
+                release: bool) -> "Settlement": ...
+
+    def observe_headers(self, headers: Optional[Mapping[str, str]],
+                        reservation: Optional["Reservation"] = None) -> Dict[str, HeaderLimits]: ...
 
 
 class AcquireTimeout(TimeoutError):
@@ -36,7 +44,7 @@ class Reservation:
     leaving the block without settling releases it.
     """
 
-    def __init__(self, limiter: "_LimiterBase", input_tokens: float, output_tokens: float,
+    def __init__(self, limiter: _Issuer, input_tokens: float, output_tokens: float,
                  granted_at: float, waited_s: float, backend_time: float,
                  cumulative: Mapping[str, float]):
         self._limiter = limiter
