@@ -21,7 +21,7 @@ setuptools.setup(
                 "at the lowest cost the API allows.",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*",
                                                "emulator", "emulator.*"]),
-    package_data={"transforms": ["data/*.yaml"], "transforms.ratelimit": ["*.lua"]},
+    package_data={"transforms": ["data/*.yaml"], "transforms.api.ratelimit": ["*.lua"]},
     python_requires=">=3.10",
     install_requires=_requirements(),
 )

@@ -254,10 +254,10 @@ def beam_main(argv: Sequence[str]) -> int:
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.client import wire_schemas
+    from transforms.api.client import wire_schemas
     from transforms.records import Record
-    from transforms.requests import RequestBuilder
-    from transforms.task import load_task
+    from transforms.prompts.requests import RequestBuilder
+    from transforms.prompts.task import load_task
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", required=True)

@@ -11,7 +11,7 @@ import sys
 import urllib.parse
 from typing import Any, Iterator, Optional
 
-from transforms.client import API_KEY_ENV
+from transforms.api.client import API_KEY_ENV
 
 #: The --api-base value that starts the bundled emulator in this process.
 LOCAL = "local"

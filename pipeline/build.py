@@ -12,25 +12,25 @@ import apache_beam as beam
 
 from pipeline import backend
 from pipeline.options import ClaudeOptions
-from transforms.batch_api import PollSettings
+from transforms.batches.route import PollSettings
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings, RetryPolicy, wire_schemas
-from transforms.batch_api import CollectBatches
-from transforms.costs import load_prices
-from transforms.lifecycle import LedgerSettings
-from transforms.normalize import FieldMap
-from transforms.outcomes import RowContext, dead_letter_row
-from transforms.messages_api import MessagesSettings
+from transforms.api.client import ApiSettings, RetryPolicy, wire_schemas
+from transforms.batches.route import CollectBatches
+from transforms.api.costs import load_prices
+from transforms.batches.lifecycle import LedgerSettings
+from transforms.io.normalize import FieldMap
+from transforms.prompts.outcomes import RowContext, dead_letter_row
+from transforms.messages import MessagesSettings
 from transforms.modes import BATCH_MODES
 from transforms.process import ProcessSettings, ProcessWithClaude
-from transforms.ratelimit import Limits
-from transforms.pubsub_source import ReadPubSubRecords, to_json_bytes
-from transforms.read import ReadRecords
-from transforms.screen import ScreenRecords
-from transforms.sinks import WriteParquet, WriteWindowedParquet
-from transforms.requests import RequestBuilder
-from transforms.schema import DEAD_LETTER_SCHEMA, results_schema
-from transforms.task import Task, load_task
+from transforms.api.ratelimit import Limits
+from transforms.io.pubsub import ReadPubSubRecords, to_json_bytes
+from transforms.io.read import ReadRecords
+from transforms.screen.injection import ScreenRecords
+from transforms.io.sinks import WriteParquet, WriteWindowedParquet
+from transforms.prompts.requests import RequestBuilder
+from transforms.io.schema import DEAD_LETTER_SCHEMA, results_schema
+from transforms.prompts.task import Task, load_task
 
 #: Arrow bytes of result rows buffered before a Parquet row group is written.
 #: Beam's default (64 MiB) holds ~90,000 of our wide rows, so memory grew with

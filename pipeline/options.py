@@ -8,13 +8,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.backend import LOCAL
 from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS
-from transforms.normalize import DEFAULT_MAX_TEXT_BYTES
+from transforms.io.normalize import DEFAULT_MAX_TEXT_BYTES
 from transforms.planning import BATCH_TYPICAL_S, DEFAULT_COUNT_CALLS, DEFAULT_LOCAL_PILOT, DEFAULT_SAMPLE
-from transforms.read import FORMATS
+from transforms.io.read import FORMATS
 from transforms.process import DEFAULT_PACK_MAX_INPUT_TOKENS, DEFAULT_PACK_SIZE
-from transforms.requests import DEFAULT_CACHE_MIN_TOKENS
+from transforms.prompts.requests import DEFAULT_CACHE_MIN_TOKENS
 from transforms.modes import BATCH_MODES, CHOOSABLE
-from transforms.shedding import SHED_TO
+from transforms.api.shedding import SHED_TO
 
 
 

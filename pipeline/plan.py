@@ -18,10 +18,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import backend
 from pipeline.options import ClaudeOptions, help_parser
-from transforms.costs import PriceError
+from transforms.api.costs import PriceError
 from transforms.planning import (Plan, budget_problem, choose_mode, format_duration, plan,
                                  render_plan, validate_plan_options)
-from transforms.task import TaskError
+from transforms.prompts.task import TaskError
 
 __all__ = ["EXIT_OVER_BUDGET", "plan_command", "plan_before_run"]
 

@@ -111,7 +111,7 @@ def savings_vs_sync(summary: Mapping[str, Any]) -> Tuple[Optional[float], Option
     plan = _plan_of(summary)
     if summary.get("mode") == "batch" and cost > 0:
         # Exact, no plan needed: sync sends the very same requests at list price.
-        from transforms.costs import load_prices
+        from transforms.api.costs import load_prices
         listed = cost / load_prices().batch_discount
         return listed - cost, (listed - cost) / listed, "vs sync: the same requests at list prices"
     if plan and "sync" in plan["modes"]:
@@ -124,7 +124,7 @@ def savings_vs_sync(summary: Mapping[str, Any]) -> Tuple[Optional[float], Option
         return 0.0, 0.0, "this run is the sync baseline"
     if summary.get("mode") in BATCH_MODES:
         try:
-            from transforms.costs import load_prices
+            from transforms.api.costs import load_prices
             discount = load_prices().batch_discount
         except Exception:  # noqa: BLE001 - the default table is part of the package
             discount = 0.5

@@ -24,10 +24,10 @@ from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
 from pipeline import backend
 from pipeline.options import ClaudeOptions, help_parser, validate
-from transforms.client import API_KEY_ENV
-from transforms.costs import PriceError
+from transforms.api.client import API_KEY_ENV
+from transforms.api.costs import PriceError
 from transforms.progress import ProgressLine
-from transforms.task import TaskError
+from transforms.prompts.task import TaskError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -108,8 +108,8 @@ def _abort_on_signals():
 
 def _cancel_run_batches(job: Job) -> int:
     """Cancel the batches this run started that have not ended; record them as cancelled."""
-    from transforms import ledger as ledger_mod
-    from transforms.client import make_client
+    from transforms.batches import ledger as ledger_mod
+    from transforms.api.client import make_client
     if job.process.ledger is None:
         return 0
     ledger = job.process.ledger.open()
@@ -175,13 +175,13 @@ def _run_streaming(options: PipelineOptions, job: Job, duration_s: Optional[floa
 
 
 def _open_batches(job: Job):
-    from transforms.lifecycle import open_entries
+    from transforms.batches.lifecycle import open_entries
     ledger = job.process.ledger.open()
     return [(e.key, e.batch_id, e.extra.get("requests")) for e in open_entries(ledger, job.run_id)]
 
 
 def _mark_collected(job: Job) -> None:
-    from transforms import ledger as ledger_mod
+    from transforms.batches import ledger as ledger_mod
     ledger = job.process.ledger.open()
     for entry in ledger.list(run_id=job.run_id, states=(ledger_mod.ENDED,)):
         try:

@@ -1,4 +1,4 @@
-"""Tests for transforms.answers: parsing, validation, id matching, re-asks."""
+"""Tests for transforms.prompts.answers: parsing, validation, id matching, re-asks."""
 import copy
 import json
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import answers
-from transforms.answers import (
+from transforms.prompts import answers
+from transforms.prompts.answers import (
     MAX_MESSAGE_CHARS,
     PackOutcome,
     SingleOutcome,

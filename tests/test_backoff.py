@@ -1,5 +1,5 @@
-"""One test per backoff branch of the Messages route (`transforms/retry.py`,
-`transforms/messages_api.py`): the real pipeline (`pipeline.run.run`, DirectRunner),
+"""One test per backoff branch of the Messages route (`transforms/api/retry.py`,
+`transforms/messages.py`): the real pipeline (`pipeline.run.run`, DirectRunner),
 the real anthropic SDK, and the emulator injecting the failure.
 
 Each test runs the job on ~30 generated records, checks one-in-one-out on the

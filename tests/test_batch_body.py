@@ -7,9 +7,9 @@ import pytest
 
 from tests.conftest import fake_key
 from transforms.records import Record
-from transforms.client import wire_schemas
-from transforms.requests import BatchBody, RequestBuilder
-from transforms.task import Task
+from transforms.api.client import wire_schemas
+from transforms.prompts.requests import BatchBody, RequestBuilder
+from transforms.prompts.task import Task
 
 TASK = Task(model="claude-haiku-4-5", system="Be brief. " * 300, template="{text}",
             output_schema={"type": "object", "properties": {"label": {"type": "string"}},
@@ -65,9 +65,9 @@ def test_small_bodies_are_one_chunk(size):
 
 
 def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
-    from transforms.batch_api import open_work, seal_work
+    from transforms.batches.route import open_work, seal_work
     from transforms.process import _weigh_request
-    from transforms.requests import SealedWork
+    from transforms.prompts.requests import SealedWork
     builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}") for i in range(3))
     single, pack = builder.single(recs[0]), (builder.pack(recs), recs)
@@ -84,7 +84,7 @@ def test_a_sealed_work_opens_to_the_same_work_and_weighs_the_same():
 def test_a_keyed_sealed_work_crosses_the_shuffle_with_its_own_deterministic_coder():
     import apache_beam as beam
 
-    from transforms.batch_api import open_work, seal_work
+    from transforms.batches.route import open_work, seal_work
     from transforms.process import _KEYED_WORK, SealedWorkCoder
     builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     sealed = seal_work(builder.single(Record("id-1", "k", "t1")))
@@ -102,8 +102,8 @@ def test_a_keyed_sealed_work_crosses_the_shuffle_with_its_own_deterministic_code
 def test_a_submitted_batch_without_its_requests_loads_them_from_the_requests_file(tmp_path):
     import datetime as dt
 
-    from transforms import lifecycle
-    from transforms.batch_api import SubmittedBatch
+    from transforms.batches import lifecycle
+    from transforms.batches.route import SubmittedBatch
     builder = RequestBuilder(task=TASK, run_id="r1", wire_schemas=wire_schemas(TASK))
     recs = tuple(Record(f"id-{i}", "k", f"t{i}", {"n": i}) for i in range(3))
     requests = [builder.single(recs[0]), builder.pack(recs)]

@@ -18,16 +18,16 @@ import emulator
 from bench import datagen
 from pipeline.run import EXIT_OK, run
 from tests.conftest import assert_one_in_one_out, read_output
-from transforms import lifecycle
-from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches, _CreateBatches
-from transforms.client import ApiSettings, RetryPolicy, describe_error, wire_schemas
-from transforms.collect import BatchCalls
-from transforms.costs import load_prices
-from transforms.outcomes import RowContext
+from transforms.batches import lifecycle
+from transforms.batches.route import PollSettings, SubmittedBatch, _CollectBatches, _CreateBatches
+from transforms.api.client import ApiSettings, RetryPolicy, describe_error, wire_schemas
+from transforms.batches.collect import BatchCalls
+from transforms.api.costs import load_prices
+from transforms.prompts.outcomes import RowContext
 from transforms.records import Record
-from transforms.requests import RequestBuilder, open_work, seal_work
-from transforms.retry import Kind, classify
-from transforms.task import load_task
+from transforms.prompts.requests import RequestBuilder, open_work, seal_work
+from transforms.api.retry import Kind, classify
+from transforms.prompts.task import load_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "samples", "emails.jsonl")
@@ -90,7 +90,7 @@ def test_a_missing_key_fails_before_any_call(emu, monkeypatch):
 
 
 def test_submit_records_the_batch_in_the_ledger_and_a_second_submit_reuses_it(emu, api_env, tmp_path):
-    from transforms import ledger as ledger_mod
+    from transforms.batches import ledger as ledger_mod
 
     emu.reset()
     calls, builder = _calls(emu), _builder()

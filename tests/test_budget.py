@@ -8,7 +8,7 @@ import pytest
 from bench import datagen
 from pipeline.run import EXIT_OK, run
 from tests.conftest import assert_one_in_one_out, read_output
-from transforms.budget import Budget
+from transforms.api.budget import Budget
 
 
 def test_budget_reserve_and_settle():

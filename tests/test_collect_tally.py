@@ -9,14 +9,14 @@ import types
 import pytest
 
 from transforms import progress
-from transforms.batch_api import PollSettings, SubmittedBatch, _CollectBatches
-from transforms.collect import COUNTS, PROGRESS, Collector
-from transforms.client import RetryPolicy, wire_schemas
-from transforms.costs import load_prices
-from transforms.outcomes import RowContext
+from transforms.batches.route import PollSettings, SubmittedBatch, _CollectBatches
+from transforms.batches.collect import COUNTS, PROGRESS, Collector
+from transforms.api.client import RetryPolicy, wire_schemas
+from transforms.api.costs import load_prices
+from transforms.prompts.outcomes import RowContext
 from transforms.records import Record
-from transforms.requests import RequestBuilder
-from transforms.task import Task
+from transforms.prompts.requests import RequestBuilder
+from transforms.prompts.task import Task
 
 TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}",
             output_schema={"type": "object", "properties": {"label": {"type": "string"}},

@@ -1,6 +1,6 @@
 import pytest
 
-from transforms.costs import PriceError, load_prices
+from transforms.api.costs import PriceError, load_prices
 
 
 def test_batch_is_half_price_and_cache_multipliers_apply():

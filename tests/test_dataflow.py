@@ -218,7 +218,7 @@ def test_setup_file_is_built_and_staged_offline(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     # the package data the workers read at run time
     assert "transforms/data/prices.yaml" in names
-    assert "transforms/ratelimit/budget.lua" in names, "the sdist lacks the Redis limiter's script: MANIFEST.in"
+    assert "transforms/api/ratelimit/budget.lua" in names, "the sdist lacks the Redis limiter's script: MANIFEST.in"
     for package in ("pipeline", "transforms", "emulator"):
         assert f"{package}/__init__.py" in names
     # setup.py reads requirements.txt: without it in the sdist, `pip install

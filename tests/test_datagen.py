@@ -213,7 +213,7 @@ def test_sample_is_what_make_emails_writes(tmp_path):
 
 def test_sentiment_task_loads_and_renders_every_valid_sample(sample_valid):
     from transforms.records import Record
-    from transforms.task import load_task
+    from transforms.prompts.task import load_task
 
     task = load_task(str(TASK))
     assert task.model == "claude-haiku-4-5"

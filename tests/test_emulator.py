@@ -21,8 +21,9 @@ import pytest
 
 import emulator
 from emulator import EmulatorConfig, expected_output
-from transforms import answers, packing
-from transforms.tokens import estimate_request_tokens, estimate_tokens, system_tokens
+from transforms.prompts import answers
+from transforms.prompts import packing
+from transforms.api.tokens import estimate_request_tokens, estimate_tokens, system_tokens
 
 MODEL = "claude-haiku-4-5"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

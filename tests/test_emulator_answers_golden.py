@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bench import datagen
 from emulator import answers, prompts
-from transforms import packing
+from transforms.prompts import packing
 
 RECORDS = list(datagen.generate_records(300, seed=7))
 

@@ -1,7 +1,7 @@
 """The emulator's shared-params interning and identity memo (batch create fast path)."""
 from emulator.batches import SharedParams
 from emulator.memo import IdentityMemo
-from transforms.tokens import estimate_request_tokens, messages_tokens, shared_request_tokens
+from transforms.api.tokens import estimate_request_tokens, messages_tokens, shared_request_tokens
 
 
 def test_equal_shared_values_become_one_object():
@@ -49,7 +49,7 @@ def test_request_tokens_split_adds_up():
 def test_requests_and_items_pickle_with_every_field():
     import pickle
 
-    from transforms.requests import Item, Request
+    from transforms.prompts.requests import Item, Request
     item = Item("r1", "k", "sha", 12, position=3, flags=("a", "b"))
     request = Request("cid", "pid", "k", (item,), "text", True, 300, 40, 900, attempt=2)
     again = pickle.loads(pickle.dumps(request, pickle.HIGHEST_PROTOCOL))

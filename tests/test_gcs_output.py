@@ -20,7 +20,7 @@ def test_batch_job_reads_and_writes_gs(gcs_emulator_cas, emu, api_env):  # noqa:
 
 
 def _run_on_gs(emu):
-    from transforms.ledger import storage_client
+    from transforms.batches.ledger import storage_client
     bucket = storage_client().bucket(DEFAULT_BUCKET)
     with open(SAMPLE, "rb") as f:
         bucket.blob("in/emails.jsonl").upload_from_string(f.read())

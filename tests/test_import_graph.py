@@ -105,8 +105,8 @@ def test_the_emulator_imports_nothing_of_the_product():
     assert {m: d for m, d in leaks.items() if d} == {}
 
 
-@pytest.mark.parametrize("module", ["transforms.requests", "transforms.packing", "transforms.answers",
-                                    "transforms.modes", "transforms.tokens"])
+@pytest.mark.parametrize("module", ["transforms.prompts.requests", "transforms.prompts.packing", "transforms.prompts.answers",
+                                    "transforms.modes", "transforms.api.tokens"])
 def test_pure_modules_import_no_api_or_beam(module):
     """Decisions (requests, packing, matching, pricing) know nothing of Beam or HTTP."""
     mods = _modules()

@@ -1,4 +1,4 @@
-"""The batch ledger (transforms/ledger.py): one contract, three storages.
+"""The batch ledger (transforms/batches/ledger.py): one contract, three storages.
 
 Backends:
 * ``local``   - LocalLedger in tmp_path;
@@ -28,8 +28,8 @@ import pytest
 from tests.conftest import fake_key
 from tests.gcs_emulator import (gcs_emulator, gcs_emulator_cas,  # noqa: F401 - fixtures
                                 honours_generation_preconditions)
-from transforms import ledger as L
-from transforms.ledger import (CREATED, ENDED, FAILED, RESERVED, DuplicateBatch, GcsLedger, LedgerConflict,
+from transforms.batches import ledger as L
+from transforms.batches.ledger import (CREATED, ENDED, FAILED, RESERVED, DuplicateBatch, GcsLedger, LedgerConflict,
                                LedgerEntry, LedgerSecretError, LocalLedger, open_ledger, submission_key)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +167,7 @@ def test_concurrent_reserve_from_8_threads_has_exactly_one_winner(cas_backend):
 
 _WORKER = r"""
 import json, os, sys, time
-from transforms.ledger import LocalLedger, LedgerConflict, CREATED
+from transforms.batches.ledger import LocalLedger, LedgerConflict, CREATED
 directory, mode, go, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 ledger = LocalLedger(directory)
 read = {k: ledger.get(k) for k in keys} if mode == "update" else {}
@@ -513,9 +513,9 @@ def test_requests_file_round_trips_requests_and_packed_records(tmp_path):
     """The requests file written with orjson reads back equal, records' odd values included."""
     import math
 
-    from transforms import lifecycle
+    from transforms.batches import lifecycle
     from transforms.records import Record
-    from transforms.requests import Item, Request
+    from transforms.prompts.requests import Item, Request
     items = (Item("a", "k", "f" * 64, 12, 0, ("fake_system",)), Item("b\u00e9", "k", "e" * 64, 3, 1))
     req = Request("cid-1", "p" * 64, "k", items, "<item id=\"a\">h\u00e9llo</item>", True, 300, 500, 9000, 2)
     records = {"a": Record("a", "k", "t\u00e9xt", {"n": float("nan"), "big": 2 ** 70, "when": None}, ("x",)),

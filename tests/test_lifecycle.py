@@ -15,7 +15,7 @@ import pytest
 from bench import datagen
 from pipeline.run import EXIT_OK, EXIT_PENDING, run
 from tests.conftest import assert_one_in_one_out, read_output
-from transforms import ledger as ledger_mod
+from transforms.batches import ledger as ledger_mod
 
 TASK = "samples/sentiment.yaml"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

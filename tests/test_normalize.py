@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from transforms.normalize import (NO_KEY_PREFIX, FieldMap, display_pack_key, normalize_row,
+from transforms.io.normalize import (NO_KEY_PREFIX, FieldMap, display_pack_key, normalize_row,
                                   parse_json_line)
 from transforms.records import DeadLetter, Record
 

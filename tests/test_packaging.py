@@ -2,7 +2,7 @@
 workers and a Flex Template image get it.
 
 * the wheel (`pip wheel --no-deps .`) holds every module and the package data
-  (transforms/data/*.yaml, transforms/ratelimit/*.lua) and requires exactly the
+  (transforms/data/*.yaml, transforms/api/ratelimit/*.lua) and requires exactly the
   pins of requirements.txt;
 * the sdist (what `--setup_file ./setup.py` stages as workflow.tar.gz and every
   worker pip-installs) builds into the same wheel;

@@ -1,4 +1,4 @@
-"""Tests for transforms.packing: rendering, bounds, schemas, sharing, names."""
+"""Tests for transforms.prompts.packing: rendering, bounds, schemas, sharing, names."""
 import copy
 import html
 import re
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from transforms import packing
-from transforms.packing import (
+from transforms.prompts import packing
+from transforms.prompts.packing import (
     ITEMS_CLOSE,
     ITEMS_OPEN,
     MAX_PACK_OUTPUT_TOKENS,
@@ -35,7 +35,7 @@ from transforms.packing import (
     system_prompt,
 )
 from transforms.records import Record
-from transforms.tokens import estimate_tokens
+from transforms.api.tokens import estimate_tokens
 
 #: The parser a consumer of the format (the emulator, a reviewer) would use.
 ITEM_RE = re.compile(r'<item id="([^"]*)"(?: n="([0-9]+)")?>(.*?)</item>', re.DOTALL)
@@ -436,9 +436,9 @@ def test_batch_body_is_the_json_of_every_request_params():
     """The fast, pre-encoded create body equals the plain JSON encoding."""
     import json
 
-    from transforms.client import wire_schemas
-    from transforms.requests import RequestBuilder
-    from transforms.task import Task
+    from transforms.api.client import wire_schemas
+    from transforms.prompts.requests import RequestBuilder
+    from transforms.prompts.task import Task
 
     task = Task(model="m", system="Be brief. " * 300, template="{text}",
                 output_schema={"type": "object", "properties": {"label": {"type": "string"}},

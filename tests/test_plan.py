@@ -18,12 +18,12 @@ from bench import datagen
 from pipeline import plan as CLI
 from transforms import planning as P
 from transforms.batching import BatchBounds
-from transforms.normalize import FieldMap
+from transforms.io.normalize import FieldMap
 from transforms.planning.estimate import build_requests
 from transforms.planning.sample import read_sample
 from pipeline.options import ClaudeOptions
 from pipeline.run import EXIT_OK, run
-from transforms.tokens import estimate_request_tokens
+from transforms.api.tokens import estimate_request_tokens
 
 SAMPLE = "samples/emails.jsonl"
 TASK = "samples/sentiment.yaml"
@@ -96,9 +96,9 @@ def test_plan_reads_with_the_jobs_normalizer(monkeypatch):
 
 def test_request_token_estimates_are_the_bodies_estimates():
     """The plan sums Request.input_tokens; it must equal the estimate of the body sent."""
-    from transforms.client import wire_schemas
-    from transforms.requests import RequestBuilder
-    from transforms.task import load_task
+    from transforms.api.client import wire_schemas
+    from transforms.prompts.requests import RequestBuilder
+    from transforms.prompts.task import load_task
     task = load_task(TASK)
     builder = RequestBuilder(task=task, run_id="r", wire_schemas=wire_schemas(task))
     sample = read_sample(SAMPLE, FieldMap(pack_key_field="customer_id"), None, task, 400, "first")

@@ -1,4 +1,4 @@
-"""transforms.ratelimit: bucket math, the limiter, the gate, the registry, Redis.
+"""transforms.api.ratelimit: bucket math, the limiter, the gate, the registry, Redis.
 
 Time-dependent behaviour is tested on a fake clock. The few real-time tests
 assert budget invariants (never more granted than the buckets allow over any
@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import redis_server  # noqa: E402
-from transforms.ratelimit import (INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, REQUESTS_PER_DAY,  # noqa: E402
+from transforms.api.ratelimit import (INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, REQUESTS_PER_DAY,  # noqa: E402
                                   AcquireTimeout, ConcurrencyGate, GateTimeout, HeaderLimits, Limits,
                                   RateLimiter, RedisRateLimiter, Settlement, TokenBucket, create_limiter,
                                   get_limiter, parse_ratelimit_headers)
@@ -688,7 +688,7 @@ def test_redis_learned_limits_are_shared_by_every_worker(redis_url, prefix):
 _CHILD = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, sys.argv[1])
-    from transforms.ratelimit import Limits, RedisRateLimiter, AcquireTimeout
+    from transforms.api.ratelimit import Limits, RedisRateLimiter, AcquireTimeout
     url, prefix, start_at, duration = sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
     lim = RedisRateLimiter(url, Limits(rpm=600, itpm=6000, otpm=600000), key_prefix=prefix,
                            burst_seconds=1.0, poll_s=0.02)

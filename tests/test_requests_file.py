@@ -14,11 +14,11 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import lifecycle
+from transforms.batches import lifecycle
 from transforms.records import Record
-from transforms.client import wire_schemas
-from transforms.requests import Item, Request, RequestBuilder
-from transforms.task import Task
+from transforms.api.client import wire_schemas
+from transforms.prompts.requests import Item, Request, RequestBuilder
+from transforms.prompts.task import Task
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}")

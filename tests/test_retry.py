@@ -1,4 +1,4 @@
-"""transforms.retry: classify() on real SDK exceptions, and the retry loop.
+"""transforms.api.retry: classify() on real SDK exceptions, and the retry loop.
 
 The exceptions come from the real ``anthropic`` client (max_retries=0) talking
 to a tiny local HTTP server that answers each case's status, headers and
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from transforms.ratelimit import ConcurrencyGate, Limits, RateLimiter
-from transforms.retry import (Decision, Kind, RetryEvent, RetryStats, call_with_retries, classify,
+from transforms.api.ratelimit import ConcurrencyGate, Limits, RateLimiter
+from transforms.api.retry import (Decision, Kind, RetryEvent, RetryStats, call_with_retries, classify,
                               make_retrying, parse_retry_after)
 
 MODEL = "claude-test-model"

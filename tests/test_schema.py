@@ -2,7 +2,7 @@ import pyarrow as pa
 
 import pytest
 
-from transforms.schema import arrow_converter, arrow_type, results_schema, to_arrow_value
+from transforms.io.schema import arrow_converter, arrow_type, results_schema, to_arrow_value
 
 SCHEMA = {"type": "object", "properties": {
     "sentiment": {"type": "string", "enum": ["positive", "negative"]},

@@ -22,9 +22,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from bench import datagen
-from transforms import screen
+from transforms.screen import injection as screen
 from transforms.records import DeadLetter, Reason, Record, Stage
-from transforms.screen import (POLICIES, PatternError, PatternSet, ScreenRecords, derive_anchors,
+from transforms.screen.injection import (POLICIES, PatternError, PatternSet, ScreenRecords, derive_anchors,
                                load_patterns, normalize_for_scan, scan, scan_record, screen_record,
                                text_key)
 

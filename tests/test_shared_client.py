@@ -1,8 +1,8 @@
-"""One client and one pool per process (transforms/client.py), not one per
+"""One client and one pool per process (transforms/api/client.py), not one per
 DoFn setup(): the DirectRunner calls setup() for every bundle."""
 from __future__ import annotations
 
-from transforms.client import ApiSettings, shared_client, shared_pool
+from transforms.api.client import ApiSettings, shared_client, shared_pool
 from tests.conftest import fake_key
 
 

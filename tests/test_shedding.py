@@ -1,4 +1,4 @@
-"""Load shedding on the Messages route (`transforms/shedding.py`, `--shed-to`).
+"""Load shedding on the Messages route (`transforms/api/shedding.py`, `--shed-to`).
 
 The decision is a pure function, tested over every combination of its
 inputs; the queue bookkeeping and the limiter's backlog projection are tested
@@ -17,9 +17,9 @@ from bench import datagen
 from pipeline.run import EXIT_OK, run
 from pipeline.summary import render
 from tests.conftest import assert_one_in_one_out, read_output
-from transforms import shedding
-from transforms.ratelimit import Limits, RateLimiter
-from transforms.shedding import Decision, InFlight, Ticket, Verdict, decide, is_urgent
+from transforms.api import shedding
+from transforms.api.ratelimit import Limits, RateLimiter
+from transforms.api.shedding import Decision, InFlight, Ticket, Verdict, decide, is_urgent
 
 TASK = "samples/sentiment.yaml"
 

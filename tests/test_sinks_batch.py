@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 from apache_beam.io import parquetio
 
-from transforms import sinks
-from transforms.schema import results_schema
+from transforms.io import sinks
+from transforms.io.schema import results_schema
 
 SCHEMA = results_schema({"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number"}}})
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)

@@ -4,7 +4,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms import sinks
+from transforms.io import sinks
 
 TABLE = pa.table({"record_id": ["a", "b"], "score": [0.5, -1.0]})
 

@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.pubsub_source import DEDUPE_BUCKETS, DropRepeatedIds, dedupe_bucket, expiry_time
+from transforms.io.pubsub import DEDUPE_BUCKETS, DropRepeatedIds, dedupe_bucket, expiry_time
 
 GRACE_S = 30  # the tests' idle grace; windows are 10 s, so ids expire 40 s after the last one
 

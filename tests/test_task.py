@@ -1,7 +1,7 @@
 import pytest
 
 from transforms.records import Record
-from transforms.task import Task, TaskError, TemplateError, load_task
+from transforms.prompts.task import Task, TaskError, TemplateError, load_task
 
 
 def test_sample_task_loads_and_hash_is_stable():

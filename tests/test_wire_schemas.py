@@ -1,5 +1,5 @@
 """The output schemas as sent are computed where the job is built and carried
-by the RequestBuilder as data: transforms/requests.py stays pure."""
+by the RequestBuilder as data: transforms/prompts/requests.py stays pure."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,11 @@ import sys
 import anthropic
 import pytest
 
-from transforms import packing
-from transforms.client import wire_schemas
+from transforms.prompts import packing
+from transforms.api.client import wire_schemas
 from transforms.records import Record
-from transforms.requests import RequestBuilder
-from transforms.task import Task
+from transforms.prompts.requests import RequestBuilder
+from transforms.prompts.task import Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}",
@@ -25,10 +25,10 @@ TASK = Task(model="claude-haiku-4-5", system="Be brief.", template="{text}",
 
 
 def test_requests_imports_neither_the_sdk_nor_an_api_module():
-    code = ("import sys, transforms.requests; "
+    code = ("import sys, transforms.prompts.requests; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'anthropic' or m in "
-            "('transforms.client', 'transforms.batch_api', 'transforms.collect', 'transforms.messages_api', "
-            "'transforms.lifecycle')))")
+            "('transforms.api.client', 'transforms.batches.route', 'transforms.batches.collect', 'transforms.messages', "
+            "'transforms.batches.lifecycle')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -8,18 +8,18 @@ from typing import Iterator, Optional, Tuple, Union
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import packing
-from transforms.batch_api import PollSettings, SubmitBatches, seal_work
+from transforms.prompts import packing
+from transforms.batches.route import PollSettings, SubmitBatches, seal_work
 from transforms.batching import BatchBounds, BatchByWeight
-from transforms.client import ApiSettings, RetryPolicy
-from transforms.lifecycle import LedgerSettings
-from transforms.messages_api import CallMessages, MessagesSettings
+from transforms.api.client import ApiSettings, RetryPolicy
+from transforms.batches.lifecycle import LedgerSettings
+from transforms.messages import CallMessages, MessagesSettings
 from transforms.modes import MESSAGES_MODES, MODES, PACKED_MODES
-from transforms.outcomes import RowContext
+from transforms.prompts.outcomes import RowContext
 from transforms.records import DeadLetter, Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder, SealedWork
-from transforms.task import TemplateError
-from transforms.tokens import estimate_tokens
+from transforms.prompts.requests import Request, RequestBuilder, SealedWork
+from transforms.prompts.task import TemplateError
+from transforms.api.tokens import estimate_tokens
 
 __all__ = ["ProcessWithClaude", "ProcessSettings"]
 

@@ -10,13 +10,13 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from transforms import packing
+from transforms.prompts import packing
 from transforms.batching import BatchBounds
-from transforms.costs import PriceTable
+from transforms.api.costs import PriceTable
 from transforms.modes import BATCH_MODES
 from transforms.records import Record
-from transforms.requests import Request, RequestBuilder
-from transforms.tokens import estimate_tokens
+from transforms.prompts.requests import Request, RequestBuilder
+from transforms.api.tokens import estimate_tokens
 from transforms.planning.model import Assumptions, ModePlan, RATELIMIT_HEADERS
 
 

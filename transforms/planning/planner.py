@@ -23,15 +23,15 @@ import datetime as dt
 from typing import Any, Dict, List, Optional, Tuple
 
 from transforms.batching import BatchBounds
-from transforms.client import ApiSettings, make_client, wire_schemas
-from transforms.costs import load_prices
+from transforms.api.client import ApiSettings, make_client, wire_schemas
+from transforms.api.costs import load_prices
 from transforms.modes import MODES, PACKED_MODES
-from transforms.normalize import FieldMap
-from transforms.outcomes import RowContext
+from transforms.io.normalize import FieldMap
+from transforms.prompts.outcomes import RowContext
 from transforms.process import ProcessSettings
-from transforms.requests import RequestBuilder
-from transforms.task import load_task
-from transforms.tokens import system_tokens
+from transforms.prompts.requests import RequestBuilder
+from transforms.prompts.task import load_task
+from transforms.api.tokens import system_tokens
 from transforms.planning.deadline import format_duration, parse_deadline
 from transforms.planning.estimate import build_requests, count_request_tokens, mode_plan, run_pilot
 from transforms.planning.model import (

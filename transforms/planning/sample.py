@@ -8,9 +8,9 @@ import hashlib
 import io
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from transforms.normalize import FieldMap
+from transforms.io.normalize import FieldMap
 from transforms.records import DeadLetter, Reason, Record
-from transforms.task import Task, TemplateError
+from transforms.prompts.task import Task, TemplateError
 
 
 # ---------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def _files(pattern: str) -> List[str]:
 def _rows(path: str, fmt: str, fields: FieldMap) -> Iterator[Any]:
     """Records and DeadLetters of one file, exactly as the job's reader makes them."""
     from apache_beam.io.filesystems import FileSystems
-    from transforms.read import _ParseFile
+    from transforms.io.read import _ParseFile
     parser = _ParseFile(fields, fmt)
     with FileSystems.open(path) as f:
         yield from parser._rows_of(f, fmt, path)  # the job's own row loop: same rows, same reasons
@@ -79,7 +79,7 @@ def read_sample(pattern: str, fields: FieldMap, input_format: Optional[str], tas
     `sample`, else the first `sample` rows ("first": the other rows are only
     counted) or about `sample` rows drawn by pack key ("random": every row is
     read, whole pack keys are kept so packing is planned as it will run)."""
-    from transforms.read import detect_format
+    from transforms.io.read import detect_format
     files = _files(pattern)
     dead: collections.Counter = collections.Counter()
     formats: Dict[str, Optional[str]] = {}

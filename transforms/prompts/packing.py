@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from transforms import fastjson
 from transforms.records import Record
-from transforms.tokens import estimate_tokens
+from transforms.api.tokens import estimate_tokens
 
 __all__ = [
     "FREE_TEXT_FIELD",

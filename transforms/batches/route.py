@@ -17,13 +17,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import lifecycle, progress
-from transforms.budget import fitting_prefix, get_budget
-from transforms.client import ApiSettings, RetryPolicy, describe_error
-from transforms.collect import COUNTS, DEAD, MAIN, METRIC, BatchCalls, Collector, PollSettings, SubmittedBatch
-from transforms.outcomes import RowContext, Sent, failed_request, now
+from transforms import progress
+from transforms.batches import lifecycle
+from transforms.api.budget import fitting_prefix, get_budget
+from transforms.api.client import ApiSettings, RetryPolicy, describe_error
+from transforms.batches.collect import COUNTS, DEAD, MAIN, METRIC, BatchCalls, Collector, PollSettings, SubmittedBatch
+from transforms.prompts.outcomes import RowContext, Sent, failed_request, now
 from transforms.records import Reason, Stage
-from transforms.requests import RequestBuilder, open_work, requests_of, seal_work
+from transforms.prompts.requests import RequestBuilder, open_work, requests_of, seal_work
 
 __all__ = ["SubmitBatches", "CollectBatches", "PollSettings", "SubmittedBatch", "seal_work", "open_work"]
 

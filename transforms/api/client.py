@@ -8,9 +8,10 @@ import json
 import os
 from typing import Any, Optional, Tuple
 
-from transforms import packing, registry
-from transforms.requests import WireSchemas
-from transforms.task import Task
+from transforms.prompts import packing
+from transforms.api import registry
+from transforms.prompts.requests import WireSchemas
+from transforms.prompts.task import Task
 
 #: Environment variable holding the API key. The key itself is never a
 #: pipeline option (options are visible in the Dataflow UI and in logs).
@@ -110,7 +111,7 @@ def shared_pool(name: str, workers: int, scope: str = "") -> concurrent.futures.
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Caps of the retry loop (transforms/retry.py): picklable settings only."""
+    """Caps of the retry loop (transforms/api/retry.py): picklable settings only."""
 
     max_attempts: int = 6
     max_total_s: float = 600.0
@@ -119,7 +120,7 @@ class RetryPolicy:
 
     def call(self, fn, *, limiter=None, gate=None, stats=None, on_retry=None):
         """fn() with retries on retryable errors; raises the last error otherwise."""
-        from transforms import retry
+        from transforms.api import retry
         return retry.call_with_retries(
             fn, limiter=limiter, gate=gate, max_attempts=self.max_attempts,
             max_total_s=self.max_total_s, initial_backoff_s=self.initial_backoff_s,
@@ -128,6 +129,6 @@ class RetryPolicy:
 
 def describe_error(exc: BaseException) -> str:
     """A short, secret-free description of an API failure for a dead-letter row."""
-    from transforms import retry
+    from transforms.api import retry
     decision = retry.classify(exc)
     return decision.reason or f"{type(exc).__name__}"

@@ -10,13 +10,14 @@ import json
 from collections import abc
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from transforms import answers, fastjson
-from transforms.packing import share_usage
-from transforms.costs import PriceTable
-from transforms.normalize import display_pack_key
+from transforms import fastjson
+from transforms.prompts import answers
+from transforms.prompts.packing import share_usage
+from transforms.api.costs import PriceTable
+from transforms.io.normalize import display_pack_key
 from transforms.records import DeadLetter, Reason, Stage
-from transforms.requests import Item, Request
-from transforms.schema import arrow_converter
+from transforms.prompts.requests import Item, Request
+from transforms.io.schema import arrow_converter
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 

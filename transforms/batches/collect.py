@@ -21,12 +21,14 @@ import logging
 import time
 from typing import Any, Counter, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from transforms import fastjson, lifecycle, registry
-from transforms.budget import fitting_prefix, get_budget
-from transforms.client import ApiSettings, RetryPolicy, describe_error, shared_client
-from transforms.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
+from transforms import fastjson
+from transforms.batches import lifecycle
+from transforms.api import registry
+from transforms.api.budget import fitting_prefix, get_budget
+from transforms.api.client import ApiSettings, RetryPolicy, describe_error, shared_client
+from transforms.prompts.outcomes import RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder, SealedWork, requests_of
+from transforms.prompts.requests import Request, RequestBuilder, SealedWork, requests_of
 
 __all__ = ["BatchCalls", "Created", "Collector", "PollSettings", "SubmittedBatch", "MAIN", "DEAD", "COUNTS",
            "METRIC", "PROGRESS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Protocol
 
-from transforms.ratelimit.headers import HeaderLimits
+from transforms.api.ratelimit.headers import HeaderLimits
 
 
 class _Issuer(Protocol):

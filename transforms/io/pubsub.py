@@ -15,7 +15,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import SetStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
+from transforms.io.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
 from transforms.records import DeadLetter, Reason, Stage
 
 __all__ = ["DropRepeatedIds", "ReadPubSubRecords", "dedupe_bucket"]

@@ -24,12 +24,16 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms import progress, ratelimit, registry, retry, shedding
-from transforms.budget import get_budget, worst_case_usd
-from transforms.client import ApiSettings, RetryPolicy, shared_client, shared_pool
-from transforms.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
+from transforms import progress
+from transforms.api import ratelimit
+from transforms.api import registry
+from transforms.api import retry
+from transforms.api import shedding
+from transforms.api.budget import get_budget, worst_case_usd
+from transforms.api.client import ApiSettings, RetryPolicy, shared_client, shared_pool
+from transforms.prompts.outcomes import Carried, RowContext, Sent, failed_request, now, resolve, usage_of
 from transforms.records import Reason, Record, Stage
-from transforms.requests import Request, RequestBuilder
+from transforms.prompts.requests import Request, RequestBuilder
 
 __all__ = ["CallMessages", "MessagesSettings"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, TypeVar
 
-from transforms import registry
-from transforms.ratelimit.buckets import Limits
-from transforms.ratelimit.local import RateLimiter
-from transforms.ratelimit.shared import RedisRateLimiter
+from transforms.api import registry
+from transforms.api.ratelimit.buckets import Limits
+from transforms.api.ratelimit.local import RateLimiter
+from transforms.api.ratelimit.shared import RedisRateLimiter
 
 T = TypeVar("T")
 def get_limiter(key: str, factory: Callable[[], T]) -> T:

@@ -1,6 +1,6 @@
 """The limiter shared by every worker: :class:`RedisRateLimiter`, one budget in one Redis hash.
 
-Same interface as :class:`~transforms.ratelimit.local.RateLimiter`; every
+Same interface as :class:`~transforms.api.ratelimit.local.RateLimiter`; every
 operation is one atomic call of the Lua script in ``budget.lua`` (next to
 this module, shipped as package data), timed by the Redis server's clock.
 """
@@ -10,10 +10,10 @@ import time
 from importlib import resources
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from transforms.ratelimit.base import (DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES,
+from transforms.api.ratelimit.base import (DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES,
                                        _LimiterBase)
-from transforms.ratelimit.buckets import _DIMS, _PERIOD_S, DEFAULT_BURST_SECONDS, REQUESTS_PER_DAY, Limits
-from transforms.ratelimit.headers import _HEADER_DIM
+from transforms.api.ratelimit.buckets import _DIMS, _PERIOD_S, DEFAULT_BURST_SECONDS, REQUESTS_PER_DAY, Limits
+from transforms.api.ratelimit.headers import _HEADER_DIM
 
 #: How often a waiting RedisRateLimiter re-asks Redis: other processes refund
 #: and learn without being able to wake this one.

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-_DEFAULT_TABLE = os.path.join(os.path.dirname(__file__), "data", "prices.yaml")
+_DEFAULT_TABLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "prices.yaml")
 _PER_MILLION = 1_000_000.0
 
 

@@ -52,7 +52,7 @@ import yaml
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.normalize import raw_to_text
+from transforms.io.normalize import raw_to_text
 from transforms.records import DeadLetter, Reason, Record, Stage
 
 try:  # the regex parser: re._parser since Python 3.11, sre_parse before
@@ -78,7 +78,7 @@ __all__ = [
     "text_key",
 ]
 
-DEFAULT_PATTERNS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+DEFAULT_PATTERNS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                                      "injection_patterns.yaml")
 POLICIES = ("off", "flag", "quarantine")
 #: Every pattern is compiled with these flags (the YAML file's header explains them).

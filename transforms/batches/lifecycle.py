@@ -25,10 +25,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import zstandard
 
-from transforms import fastjson, registry
-from transforms import ledger as ledger_mod
+from transforms import fastjson
+from transforms.api import registry
+from transforms.batches import ledger as ledger_mod
 from transforms.records import Record
-from transforms.requests import Item, Request, RequestBuilder
+from transforms.prompts.requests import Item, Request, RequestBuilder
 
 _LOG = logging.getLogger(__name__)
 

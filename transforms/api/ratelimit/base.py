@@ -2,8 +2,8 @@
 
 :class:`_LimiterBase` implements the public limiter API (``acquire``,
 ``observe_headers``, ``penalize``, ``stats``, ...) over five backend hooks
-that keep the buckets: in this process (:mod:`transforms.ratelimit.local`) or
-in Redis for every worker (:mod:`transforms.ratelimit.shared`).
+that keep the buckets: in this process (:mod:`transforms.api.ratelimit.local`) or
+in Redis for every worker (:mod:`transforms.api.ratelimit.shared`).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import math
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from transforms.ratelimit.buckets import (_DIMS, _PERIOD_S, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS,
+from transforms.api.ratelimit.buckets import (_DIMS, _PERIOD_S, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS,
                                           REQUESTS_PER_DAY, Limits)
-from transforms.ratelimit.headers import _HEADER_DIM, HeaderLimits, parse_ratelimit_headers
-from transforms.ratelimit.reservation import AcquireTimeout, Reservation, Settlement
+from transforms.api.ratelimit.headers import _HEADER_DIM, HeaderLimits, parse_ratelimit_headers
+from transforms.api.ratelimit.reservation import AcquireTimeout, Reservation, Settlement
 
 # the logger of the former single module, so log configuration keeps working
 _LOG = logging.getLogger(__package__)

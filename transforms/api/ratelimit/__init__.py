@@ -44,21 +44,21 @@ The package, one module per concern:
 * ``gate``        -- :class:`ConcurrencyGate`, :class:`GateTimeout`.
 * ``factory``     -- :func:`get_limiter`, :func:`create_limiter`.
 
-Import from the package (``from transforms.ratelimit import RateLimiter``),
+Import from the package (``from transforms.api.ratelimit import RateLimiter``),
 not from the modules: the split is an implementation detail.
 """
 from __future__ import annotations
 
 # the defaults stay attributes of the package, as they were of the single module
-from transforms.ratelimit.base import DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES  # noqa: F401
-from transforms.ratelimit.buckets import (DEFAULT_BURST_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS,
+from transforms.api.ratelimit.base import DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES  # noqa: F401
+from transforms.api.ratelimit.buckets import (DEFAULT_BURST_SECONDS, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS,
                                           REQUESTS_PER_DAY, Limits, TokenBucket)
-from transforms.ratelimit.factory import create_limiter, get_limiter
-from transforms.ratelimit.gate import ConcurrencyGate, GateTimeout
-from transforms.ratelimit.headers import HeaderLimits, parse_ratelimit_headers
-from transforms.ratelimit.local import RateLimiter
-from transforms.ratelimit.reservation import AcquireTimeout, Reservation, Settlement
-from transforms.ratelimit.shared import DEFAULT_REDIS_POLL_S, DEFAULT_REDIS_TTL_S, RedisRateLimiter  # noqa: F401
+from transforms.api.ratelimit.factory import create_limiter, get_limiter
+from transforms.api.ratelimit.gate import ConcurrencyGate, GateTimeout
+from transforms.api.ratelimit.headers import HeaderLimits, parse_ratelimit_headers
+from transforms.api.ratelimit.local import RateLimiter
+from transforms.api.ratelimit.reservation import AcquireTimeout, Reservation, Settlement
+from transforms.api.ratelimit.shared import DEFAULT_REDIS_POLL_S, DEFAULT_REDIS_TTL_S, RedisRateLimiter  # noqa: F401
 
 __all__ = [
     "Limits",

@@ -1,8 +1,8 @@
 """The per-process limiter: :class:`RateLimiter`, one :class:`TokenBucket` per dimension.
 
 Thread-safe; one per process and budget (see
-:func:`transforms.ratelimit.get_limiter`). For a budget shared by several
-worker processes see :mod:`transforms.ratelimit.shared`.
+:func:`transforms.api.ratelimit.get_limiter`). For a budget shared by several
+worker processes see :mod:`transforms.api.ratelimit.shared`.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import math
 import time
 from typing import Callable, Dict, Optional
 
-from transforms.ratelimit.base import (DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES,
+from transforms.api.ratelimit.base import (DEFAULT_BOOTSTRAP_CONCURRENCY, DEFAULT_BOOTSTRAP_RESPONSES,
                                        _LimiterBase)
-from transforms.ratelimit.buckets import _DIMS, DEFAULT_BURST_SECONDS, Limits, TokenBucket, _bucket_shape
+from transforms.api.ratelimit.buckets import _DIMS, DEFAULT_BURST_SECONDS, Limits, TokenBucket, _bucket_shape
 
 
 class RateLimiter(_LimiterBase):

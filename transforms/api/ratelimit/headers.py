@@ -3,7 +3,7 @@
 :func:`parse_ratelimit_headers` turns the requests / input-tokens /
 output-tokens ``-limit``, ``-remaining`` and ``-reset`` headers into one
 :class:`HeaderLimits` per dimension; how a limiter applies them is
-:meth:`~transforms.ratelimit.base._LimiterBase.observe_headers`.
+:meth:`~transforms.api.ratelimit.base._LimiterBase.observe_headers`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import datetime
 import math
 from typing import Any, Dict, Mapping, Optional
 
-from transforms.ratelimit.buckets import INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS
+from transforms.api.ratelimit.buckets import INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS
 
 #: The header name part of each dimension that the API reports.
 _HEADER_DIM = {"requests": REQUESTS, "input-tokens": INPUT_TOKENS, "output-tokens": OUTPUT_TOKENS}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Dict, Optional, Sequence
 
-from transforms.costs import PriceTable
-from transforms.requests import Request
+from transforms.api.costs import PriceTable
+from transforms.prompts.requests import Request
 
 _REGISTRY: Dict[str, "Budget"] = {}
 _LOCK = threading.Lock()

@@ -11,7 +11,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
+from transforms.io.normalize import FieldMap, normalize_row, parse_json_line, raw_to_text
 from transforms.records import DeadLetter, Reason, Record, Stage
 
 __all__ = ["ReadRecords", "FORMATS", "detect_format"]

@@ -19,10 +19,10 @@ import operator
 import pickle
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from transforms import packing
+from transforms.prompts import packing
 from transforms.records import Record
-from transforms.task import Task
-from transforms.tokens import estimate_request_tokens, estimate_tokens
+from transforms.prompts.task import Task
+from transforms.api.tokens import estimate_request_tokens, estimate_tokens
 
 #: json.dumps(a_str) without json.dumps's Python-level dispatch (same C function, same text).
 _json_string = json.encoder.encode_basestring_ascii
@@ -156,7 +156,7 @@ class RequestBuilder:
             return None
         if self.wire_schemas is None:
             raise ValueError("this RequestBuilder was given no wire_schemas: build it with "
-                             "wire_schemas=transforms.client.wire_schemas(task)")
+                             "wire_schemas=transforms.api.client.wire_schemas(task)")
         return _parsed(self.wire_schemas.packed if packed else self.wire_schemas.single)
 
     def params(self, request: Request) -> Dict[str, Any]:
@@ -244,7 +244,7 @@ class RequestBuilder:
         blocks = self.system_blocks(packed)
         if not any("cache_control" in b for b in blocks):
             return 0
-        from transforms.tokens import system_tokens
+        from transforms.api.tokens import system_tokens
         return system_tokens(blocks)
 
     def expected_output_tokens(self, request: Request) -> int:

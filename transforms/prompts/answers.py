@@ -23,7 +23,7 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 from transforms import fastjson
-from transforms.packing import FREE_TEXT_FIELD, KEY_FIELD, RESULTS_FIELD, bisect, item_schema
+from transforms.prompts.packing import FREE_TEXT_FIELD, KEY_FIELD, RESULTS_FIELD, bisect, item_schema
 from transforms.records import Reason
 
 __all__ = [

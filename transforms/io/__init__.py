@@ -1,0 +1,1 @@
+"""Reading records in (files, Pub/Sub), normalizing them, and writing Parquet out."""

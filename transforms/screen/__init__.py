@@ -1,0 +1,1 @@
+"""Screening records before anything is sent: prompt-injection patterns."""
