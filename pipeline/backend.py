@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import urllib.parse
 from typing import Any, Iterator, Optional
 
-from transforms.api.client import API_KEY_ENV
+from transforms.api.client import API_KEY_ENV, endpoint_provenance
 
 #: The --api-base value that starts the bundled emulator in this process.
 LOCAL = "local"
 #: What rows answered by the bundled emulator carry in their `api_base` column.
 EMULATOR_PROVENANCE = "local-emulator"
-#: What rows answered by Anthropic's API carry when no --api-base was given.
-DEFAULT_API_BASE = "https://api.anthropic.com"
 
 
 class NoBackend(ValueError):
@@ -37,14 +34,7 @@ def check_backend(opts: Any, environ: Any) -> None:
 
 def provenance(api_base: Optional[str], local: bool) -> str:
     """The endpoint written into every row: where its answer came from, never a credential."""
-    if local:
-        return EMULATOR_PROVENANCE
-    if not api_base:
-        return DEFAULT_API_BASE
-    parts = urllib.parse.urlsplit(api_base)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")  # user:password@ is dropped
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return EMULATOR_PROVENANCE if local else endpoint_provenance(api_base)
 
 
 @contextlib.contextmanager

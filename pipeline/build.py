@@ -173,7 +173,9 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
         s = job.process
         out = p | "Collect recorded batches" >> CollectBatches(
             open_batches or [], s.api, s.builder, s.ctx, s.ledger, s.retry, s.messages.max_reasks, s.poll)
-        results, dead = out["results"], out["dead_letter"]
+        results = out["results"]
+        run_id, mode = job.run_id, job.mode
+        dead_rows = out["dead_letter"] | "Dead letter rows" >> beam.Map(dead_letter_row, run_id, mode)
         prefix = "part-collect-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     else:
         read = p | "Read records" >> ReadRecords(job.input, job.fields, job.input_format)
@@ -181,11 +183,11 @@ def build(p: beam.Pipeline, job: Job, open_batches=None) -> Dict[str, beam.PColl
                                                                         job.injection_patterns)
         processed = screened["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
         results = processed["results"]
-        dead = ((read["dead_letter"], screened["dead_letter"], processed["dead_letter"])
-                | "All dead letters" >> beam.Flatten())
+        dead = ((read["dead_letter"], screened["dead_letter"])
+                | "Input dead letters" >> beam.Flatten()
+                | "Input dead letter rows" >> beam.Map(dead_letter_row, job.run_id, job.mode))
+        dead_rows = (dead, processed["dead_letter"]) | "All dead letters" >> beam.Flatten()
         prefix = "part-submit" if job.lifecycle == "submit" else "part"
-    run_id, mode = job.run_id, job.mode
-    dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
     results | "Write results" >> WriteParquet(
         f"{job.output}/results/{prefix}", results_schema(job.task.output_schema),
         file_name_suffix=".parquet", row_group_buffer_size=_ROW_GROUP_BYTES)
@@ -201,10 +203,10 @@ def _build_streaming(p: beam.Pipeline, job: Job) -> Dict[str, beam.PCollection]:
     screened = read["records"] | "Screen records" >> ScreenRecords(job.injection_policy, job.injection_patterns)
     processed = screened["records"] | "Process with Claude" >> ProcessWithClaude(job.process)
     results = processed["results"]
-    dead = ((read["dead_letter"], screened["dead_letter"], processed["dead_letter"])
-            | "All dead letters" >> beam.Flatten())
-    run_id, mode = job.run_id, job.mode
-    dead_rows = dead | "Dead letter rows" >> beam.Map(lambda d: dead_letter_row(d, run_id, mode))
+    dead = ((read["dead_letter"], screened["dead_letter"])
+            | "Input dead letters" >> beam.Flatten()
+            | "Input dead letter rows" >> beam.Map(dead_letter_row, job.run_id, job.mode))
+    dead_rows = (dead, processed["dead_letter"]) | "All dead letters" >> beam.Flatten()
     results | "Write results" >> WriteWindowedParquet(
         f"{job.output}/results", results_schema(job.task.output_schema))
     dead_rows | "Write dead letters" >> WriteWindowedParquet(f"{job.output}/dead_letter", DEAD_LETTER_SCHEMA)

@@ -99,7 +99,7 @@ def test_wheel_holds_every_module_and_the_package_data(dist):
     data = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "transforms", "data", "*.yaml")))
     assert data and all(d in files for d in data), (data, [f for f in files if "data" in f])
     # the Redis limiter's Lua script, read next to its module at import time
-    lua = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "transforms", "ratelimit", "*.lua")))
+    lua = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "transforms", "api", "ratelimit", "*.lua")))
     assert lua and all(f in files for f in lua), (lua, [f for f in files if "ratelimit" in f])
     assert not [f for f in files if f.startswith(("tests/", "bench/", "samples/"))]
 

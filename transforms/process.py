@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import zlib
 from typing import Iterator, Optional, Tuple, Union
 
@@ -10,18 +11,22 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms.prompts import packing
 from transforms.batches.route import PollSettings, SubmitBatches, seal_work
-from transforms.batching import BatchBounds, BatchByWeight
-from transforms.api.client import ApiSettings, RetryPolicy
+from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, BatchBounds, BatchByWeight
+from transforms.api.client import ApiSettings, RetryPolicy, endpoint_provenance, wire_schemas
+from transforms.api.costs import load_prices
+from transforms.io.normalize import FieldMap
+from transforms.io.rows import NormalizeRows
+from transforms.screen.injection import ScreenRecords
 from transforms.batches.lifecycle import LedgerSettings
 from transforms.messages import CallMessages, MessagesSettings
-from transforms.modes import MESSAGES_MODES, MODES, PACKED_MODES
-from transforms.prompts.outcomes import RowContext
+from transforms.modes import BATCH_MODES, MESSAGES_MODES, MODES, PACKED_MODES
+from transforms.prompts.outcomes import RowContext, dead_letter_row
 from transforms.records import DeadLetter, Reason, Record, Stage
 from transforms.prompts.requests import Request, RequestBuilder, SealedWork
-from transforms.prompts.task import TemplateError
+from transforms.prompts.task import Task, TemplateError, load_task
 from transforms.api.tokens import estimate_tokens
 
-__all__ = ["ProcessWithClaude", "ProcessSettings"]
+__all__ = ["ProcessWithClaude", "ProcessSettings", "library_run_id"]
 
 DEAD = "dead_letter"
 #: Records per pack by default: big enough that the shared instructions are a
@@ -30,6 +35,9 @@ DEFAULT_PACK_SIZE = 20
 #: Estimated input tokens of a pack's items: keeps packs far from any
 #: context window and keeps a re-ask cheap.
 DEFAULT_PACK_MAX_INPUT_TOKENS = 24_000
+#: Streaming input: the longest a pack or a batch waits for more records
+#: before it is sent (processing time), when the caller gives no other.
+DEFAULT_MAX_BUFFERING_S = 5.0
 
 
 class SealedWorkCoder(beam.coders.Coder):
@@ -113,32 +121,6 @@ def _template_dead_letter(record: Record, error: TemplateError) -> DeadLetter:
                       error_type=Reason.TEMPLATE_ERROR.value, error_message=str(error))
 
 
-class _BuildKeyedRequests(beam.DoFn):
-    """Record -> (shard, sealed Request), or its dead letter when the prompt
-    does not render: the `batch` mode's whole way from a record to the batcher.
-
-    One step instead of four (check the prompt, one record per work, build
-    the request, key by shard): building a request renders the prompt anyway,
-    and each step a record passes costs the runner a few microseconds.
-    """
-
-    def __init__(self, builder: RequestBuilder, shards: int):
-        self._builder = builder
-        self._shards = shards
-        self._shared = None
-
-    def setup(self):
-        self._shared = self._builder.shared_size(False)
-
-    def process(self, record: Record) -> Iterator:
-        try:
-            request = self._builder.single(record, shared=self._shared)
-        except TemplateError as e:
-            yield TaggedOutput(DEAD, _template_dead_letter(record, e))
-            return
-        yield keyed_work(request, self._shards)
-
-
 class _BuildBatchRequests(beam.DoFn):
     """Work -> Request (singles) or (Request, records) (packs: kept for re-asks)."""
 
@@ -208,11 +190,112 @@ def _weigh_request(work):
 
 
 class ProcessWithClaude(beam.PTransform):
-    """PCollection[Record] -> {'results': PCollection[dict], 'dead_letter': PCollection[DeadLetter]}.
+    """Records in; result rows and dead-letter rows out, one row per record.
 
-    Every input record ends in exactly one of the two outputs. Packs never
-    mix two pack keys; results are matched to records by id, never by position.
+    PCollection[Record] (or, when built with ``fields``, PCollection[Mapping]
+    of raw rows) -> ``{'results': PCollection[dict], 'dead_letter': PCollection[dict]}``,
+    both rows of the Parquet schemas in ``transforms.io.schema``
+    (``results_schema(task.output_schema)`` and ``DEAD_LETTER_SCHEMA``).
+
+    Every input ends in exactly one of the two outputs. Packs never mix two
+    pack keys; answers are matched to records by id, never by position.
+    Whether the input is bounded or streaming is taken from the input
+    PCollection: unbounded input sends a pack or a batch when it is full or
+    after ``max_buffering_s``. All API calls are made in the worker's own
+    process; nothing starts a subprocess.
+
+    Most callers want :meth:`from_task`; the constructor takes fully resolved
+    settings (what ``python -m pipeline`` builds from its flags).
     """
+
+    def __init__(self, settings: ProcessSettings, *, fields: Optional[FieldMap] = None,
+                 injection_policy: str = "flag", injection_patterns: Optional[str] = None):
+        super().__init__()
+        self._s = settings
+        self._fields = fields
+        # Validated (and the pattern file read) now, while the pipeline is built.
+        self._screen = ScreenRecords(injection_policy, injection_patterns) if fields is not None else None
+
+    @classmethod
+    def from_task(cls, task: Union[str, Task], *, mode: str = "batch", ledger: Optional[str] = None,
+                  api: ApiSettings = ApiSettings(), fields: FieldMap = FieldMap(),
+                  run_id: Optional[str] = None, prices: Optional[str] = None,
+                  max_cost_usd: Optional[float] = None, pack_size: int = DEFAULT_PACK_SIZE,
+                  max_buffering_s: float = DEFAULT_MAX_BUFFERING_S,
+                  messages: MessagesSettings = MessagesSettings(), poll: PollSettings = PollSettings(),
+                  retry: RetryPolicy = RetryPolicy(), prompt_cache: bool = True,
+                  injection_policy: str = "flag", injection_patterns: Optional[str] = None,
+                  ) -> "ProcessWithClaude":
+        """The transform for a task file (or a loaded Task), taking raw rows (dicts).
+
+        ``ledger`` (a local path or gs:// prefix) is required in the batch
+        modes: it is what makes a retried bundle or a rerun reuse a created
+        batch instead of paying for it again. ``api`` says where to call
+        (default: the real API, the key from ANTHROPIC_API_KEY on each worker,
+        or ``ApiSettings(api_key_secret=...)``). ``fields`` names the id, text
+        and pack-key fields of the rows. Everything is checked here, while the
+        pipeline is built: an unknown mode, a batch mode without a ledger, a
+        task file that does not load, a model without a price.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r} "
+                             "(`auto` needs the planner: use `python -m pipeline`)")
+        if mode in BATCH_MODES and not ledger:
+            raise ValueError(f"mode {mode!r} needs a ledger (a local path or gs:// prefix): without "
+                             "one, a retried bundle or a rerun would create and pay for its batches again")
+        task = load_task(task) if isinstance(task, str) else task
+        table = load_prices(prices)
+        table.price(task.model)  # a model without a price fails now, not on the first answer
+        run_id = run_id or library_run_id(task, mode)
+        builder = RequestBuilder(task=task, run_id=run_id, prompt_cache=prompt_cache,
+                                 wire_schemas=wire_schemas(task))
+        ctx = RowContext(run_id=run_id, mode=mode, model=task.model, prompt_sha256=task.prompt_sha256,
+                         output_schema=task.output_schema, prices=table, max_cost_usd=max_cost_usd,
+                         api_base=endpoint_provenance(api.base_url))
+        settings = ProcessSettings(
+            mode=mode, builder=builder, ctx=ctx, api=api, batch_bounds=BatchBounds(max_items=MAX_BATCH_REQUESTS, max_bytes=MAX_BATCH_BYTES), poll=poll,
+            retry=retry, pack_size=pack_size, messages=messages,
+            ledger=LedgerSettings(ledger) if ledger else None, max_buffering_s=max_buffering_s)
+        return cls(settings, fields=fields, injection_policy=injection_policy,
+                   injection_patterns=injection_patterns)
+
+    def expand(self, pcoll):
+        s = _for_input(self._s, bounded=pcoll.is_bounded)
+        dead_parts = []
+        records = pcoll
+        if self._fields is not None:
+            rows = pcoll | "Normalize" >> NormalizeRows(self._fields)
+            screened = rows["records"] | "Screen" >> self._screen
+            records = screened["records"]
+            dead_parts += [rows["dead_letter"], screened["dead_letter"]]
+        out = records | "Ask Claude" >> _AskClaude(s)
+        run_id, mode = s.ctx.run_id, s.mode
+        dead_rows = ((*dead_parts, out["dead_letter"])
+                     | "Merge dead letters" >> beam.Flatten()
+                     | "Dead letter rows" >> beam.Map(dead_letter_row, run_id, mode))
+        return {"results": out["results"], "dead_letter": dead_rows}
+
+
+def library_run_id(task: Task, mode: str) -> str:
+    """A run id from what the requests depend on (task, model, mode), never the
+    date: the same job rerun on any day gets the same custom_ids."""
+    digest = hashlib.sha256(f"{task.prompt_sha256}|{task.model}|{mode}".encode()).hexdigest()
+    return f"lib-{digest[:16]}"
+
+
+def _for_input(s: ProcessSettings, bounded: bool) -> ProcessSettings:
+    """The settings for a bounded or an unbounded input: only streaming input
+    cuts packs and batches by time."""
+    wait = None if bounded else (s.max_buffering_s or DEFAULT_MAX_BUFFERING_S)
+    if wait == s.max_buffering_s and s.batch_bounds.max_buffering_s == wait:
+        return s
+    return dataclasses.replace(s, max_buffering_s=wait,
+                               batch_bounds=dataclasses.replace(s.batch_bounds, max_buffering_s=wait))
+
+
+class _AskClaude(beam.PTransform):
+    """PCollection[Record] -> {'results': rows, 'dead_letter': DeadLetters}: the
+    mode's route (Messages or Message Batches, packed or not)."""
 
     def __init__(self, settings: ProcessSettings):
         super().__init__()
@@ -220,16 +303,6 @@ class ProcessWithClaude(beam.PTransform):
 
     def expand(self, records):
         s = self._s
-        if s.mode == "batch" and not s.max_buffering_s:
-            # Bounded jobs only: a streaming job keeps its four steps, whose
-            # names a running job's `--update` must find again.
-            built = records | "Build batch requests" >> beam.ParDo(
-                _BuildKeyedRequests(s.builder, s.batch_shards)).with_output_types(
-                _KEYED_WORK).with_outputs(DEAD, main="requests")
-            out = _submit_keyed(built.requests, s, s.ctx)
-            dead = ((built[DEAD], out["dead_letter"])
-                    | "Merge processing dead letters" >> beam.Flatten())
-            return {"results": out["results"], "dead_letter": dead}
         checked = records | "Check prompts" >> beam.ParDo(_CheckPrompts(s.builder)).with_outputs(
             DEAD, main="records")
         if s.packed and s.max_buffering_s:

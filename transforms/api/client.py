@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import urllib.parse
 from typing import Any, Optional, Tuple
 
 from transforms.prompts import packing
@@ -42,6 +43,20 @@ class ApiSettings:
             raise RuntimeError(f"{API_KEY_ENV} is not set on this worker; set it, pass "
                                "--api-key-secret, or pass --api-base local to use the local emulator")
         return key
+
+
+#: What rows answered by Anthropic's API carry when no other endpoint was given.
+DEFAULT_API_BASE = "https://api.anthropic.com"
+
+
+def endpoint_provenance(base_url: Optional[str]) -> str:
+    """An endpoint as written into rows: scheme, host, port and path; a user,
+    password or query (where credentials hide) never."""
+    if not base_url:
+        return DEFAULT_API_BASE
+    parts = urllib.parse.urlsplit(base_url)
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def wire_schemas(task: Task) -> WireSchemas:
