@@ -179,7 +179,7 @@ def test_shed_to_batch_adds_the_batch_route_to_the_messages_modes(mode):
     lines = step_lines(dry_run(mode, "--shed-to", "batch").pipeline)
     check_snapshot(f"steps_{mode}_shed_batch.txt", lines)
     names = [line.split("  [")[0].strip() for line in lines]
-    assert "Process with Claude/Shed to batches/Submit batches" in names
+    assert "Process with Claude/Ask Claude/Shed to batches/Submit batches" in names
     with open(os.path.join(SNAPSHOTS, f"steps_{mode}.txt"), encoding="utf-8") as f:
         plain = {line.split("  [")[0].strip() for line in f}
     assert plain <= set(names)  # nothing of the plain graph is renamed
