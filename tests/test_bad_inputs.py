@@ -22,7 +22,8 @@ import pytest
 
 from pipeline.run import EXIT_OK, run
 from tests.conftest import assert_one_in_one_out, read_output
-from transforms.screen.injection import load_patterns, scan
+from transforms.screen.injection import scan
+from transforms.screen.patterns import load_patterns
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = str(ROOT / "samples" / "sentiment.yaml")

@@ -106,6 +106,7 @@ def test_the_emulator_imports_nothing_of_the_product():
 
 
 @pytest.mark.parametrize("module", ["transforms.prompts.requests", "transforms.prompts.packing", "transforms.prompts.answers",
+                                    "transforms.prompts.validation",
                                     "transforms.modes", "transforms.api.tokens"])
 def test_pure_modules_import_no_api_or_beam(module):
     """Decisions (requests, packing, matching, pricing) know nothing of Beam or HTTP."""

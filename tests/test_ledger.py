@@ -1,4 +1,4 @@
-"""The batch ledger (transforms/batches/ledger.py): one contract, three storages.
+"""The batch ledger (transforms/batches/ledger/): one contract, three storages.
 
 Backends:
 * ``local``   - LocalLedger in tmp_path;

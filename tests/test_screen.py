@@ -22,11 +22,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from bench import datagen
-from transforms.screen import injection as screen
 from transforms.records import DeadLetter, Reason, Record, Stage
-from transforms.screen.injection import (POLICIES, PatternError, PatternSet, ScreenRecords, derive_anchors,
-                               load_patterns, normalize_for_scan, scan, scan_record, screen_record,
-                               text_key)
+from transforms.screen.gate import REGEX_FLAGS, WordGate, derive_anchors, text_key
+from transforms.screen.injection import POLICIES, ScreenRecords, normalize_for_scan, scan, scan_record, screen_record
+from transforms.screen.patterns import DEFAULT_PATTERNS_FILE, PatternError, PatternSet, load_patterns
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "emails.jsonl"
@@ -55,7 +54,7 @@ def reference_scan(text, patterns):
 # --------------------------------------------------------------------------
 
 def test_the_maintained_list_loads_with_names_and_descriptions(patterns):
-    assert patterns.source == screen.DEFAULT_PATTERNS_FILE
+    assert patterns.source == DEFAULT_PATTERNS_FILE
     assert set(REQUIRED) <= set(patterns.names)
     assert len(set(patterns.names)) == len(patterns)
     for p in patterns:
@@ -340,7 +339,7 @@ def test_anchors_never_change_what_is_found(patterns):
 ])
 def test_derived_anchors_hold_for_every_match(regex, text):
     anchors = derive_anchors(regex)
-    compiled = re.compile(regex, screen.REGEX_FLAGS)
+    compiled = re.compile(regex, REGEX_FLAGS)
     assert compiled.search(text)
     key = text_key(normalize_for_scan(text))
     if anchors is not None:
@@ -495,7 +494,7 @@ def test_screen_records_with_a_custom_pattern_file(tmp_path):
 
 def test_word_gate_finds_any_word_anywhere_and_pickles():
     import pickle
-    gate = screen.WordGate(["<item", "ignore previous", "system:"])
+    gate = WordGate(["<item", "ignore previous", "system:"])
     assert gate.search("a b ignore previous c") == "ignore previous"
     assert gate.search("x</item><item id") == "<item"
     assert gate.search("ignore the previous one") is None
@@ -503,4 +502,4 @@ def test_word_gate_finds_any_word_anywhere_and_pickles():
     again = pickle.loads(pickle.dumps(gate))
     assert again.words == gate.words and again.search("…system: do") == "system:"
     with pytest.raises(ValueError):
-        screen.WordGate(["ok", ""])
+        WordGate(["ok", ""])

@@ -239,7 +239,7 @@ def submit_once(ledger: ledger_mod.Ledger, ledger_path: str, run_id: str, builde
         if _writer_is_dead(entry):
             # Same machine, process gone: it died before recording a batch id.
             # (If it died between create and record, that batch is unknown to
-            # the ledger: the one case the ledger cannot cover, see ledger.py.)
+            # the ledger: the one case the ledger cannot cover, see the ledger package docstring.)
             try:
                 ledger.update(entry, state=ledger_mod.FAILED)
             except ledger_mod.LedgerConflict:
