@@ -1,6 +1,7 @@
 """Shared fixtures: the real emulator on loopback, and Parquet read-back helpers."""
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
@@ -53,30 +54,80 @@ def count_input_rows(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def valid_input_ids(path: str):
-    """Ids of the lines that parse as objects with a usable id (first occurrence)."""
-    ids = []
+def input_rows(path: str):
+    """Each JSONL line of the input as the test reads it: a dict, or None when
+    the line is not a JSON object (the product must dead-letter it)."""
+    rows = []
     with open(path, "rb") as f:
         for line in f:
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("id"), (str, int)) and not isinstance(row.get("id"), bool):
-                ids.append(str(row["id"]))
-    return ids
+                row = None
+            rows.append(row if isinstance(row, dict) else None)
+    return rows
+
+
+def _usable_id(row):
+    """The id the product should read from a row, or None when it has none."""
+    if row is None or "id" not in row:
+        return None
+    value = row["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def valid_input_ids(path: str):
+    """Ids of the lines that parse as objects with a usable id (every occurrence)."""
+    return [i for i in map(_usable_id, input_rows(path)) if i is not None]
 
 
 def assert_one_in_one_out(input_path: str, results, dead):
-    """The product's promise: every input row is exactly one output row, and
-    every id that was readable appears exactly once across the two outputs."""
-    assert len(results) + len(dead) == count_input_rows(input_path)
-    out_ids = [r["record_id"] for r in results] + [d["record_id"] for d in dead if d["record_id"] is not None]
-    in_ids = valid_input_ids(input_path)
-    assert sorted(set(out_ids)) == sorted(set(i for i in in_ids if i.strip()))
-    # duplicates in the input are the only ids allowed twice (once a result, once duplicate_id)
-    dup_rows = [d for d in dead if d["error_type"] == "duplicate_id"]
-    assert len(out_ids) == len(set(out_ids)) + len(dup_rows)
+    """The product's promise, with the oracle taken from the input file:
+
+    - exactly one output row per input line;
+    - the multiset of ids written equals the multiset of usable ids read
+      (a record written twice, or dropped, changes the counts);
+    - every id appears in `results` at most once, and an id repeated in the
+      input has exactly one row that is not a `duplicate_id` dead letter;
+    - a line without a usable id is a dead letter without an id.
+    """
+    rows = input_rows(input_path)
+    assert len(results) + len(dead) == len(rows)
+    ids_in = collections.Counter(valid_input_ids(input_path))
+    ids_out = collections.Counter([r["record_id"] for r in results]
+                                  + [d["record_id"] for d in dead if d["record_id"] is not None])
+    assert ids_out == ids_in, {"missing": ids_in - ids_out, "extra": ids_out - ids_in}
+    result_ids = collections.Counter(r["record_id"] for r in results)
+    assert all(n == 1 for n in result_ids.values()), [i for i, n in result_ids.items() if n > 1]
+    duplicates = collections.Counter(d["record_id"] for d in dead if d["error_type"] == "duplicate_id")
+    for record_id, n in ids_in.items():
+        assert duplicates[record_id] == n - 1, (record_id, n, duplicates[record_id])
+    no_id = sum(1 for row in rows if _usable_id(row) is None)
+    assert sum(1 for d in dead if d["record_id"] is None) == no_id
+
+
+def assert_packs_never_mix(input_path: str, results, key_field: str = "customer_id"):
+    """Tenant isolation, checked against the input file's own pack-key field:
+    every two records sharing a pack_id (or a custom_id) have the same value
+    there (a record without the field is never packed with another)."""
+    key_of = {}
+    for row in input_rows(input_path):
+        record_id = _usable_id(row)
+        if record_id is not None and record_id not in key_of:
+            key_of[record_id] = row.get(key_field)
+    for column in ("pack_id", "custom_id"):
+        groups = collections.defaultdict(list)
+        for r in results:
+            if r[column]:
+                groups[r[column]].append(r["record_id"])
+        for members in groups.values():
+            keys = {key_of[m] for m in members}
+            assert len(keys) == 1 and (None not in keys or len(members) == 1), (column, members, keys)
 
 
 def pytest_collection_modifyitems(config, items):
