@@ -228,10 +228,6 @@ def test_setup_file_is_built_and_staged_offline(tmp_path):
 
 # ------------------------------------------------------------------------ streaming
 
-_HAS_SUBSCRIPTION = "input_subscription" in _dests_of_our_flags()
-
-
-@pytest.mark.xfail(not _HAS_SUBSCRIPTION, reason="streaming source not built yet", strict=False)
 def test_streaming_job_from_pubsub_builds():
     run = dry_run("batch", "--input-subscription", SUBSCRIPTION, "--streaming", input_pattern="")
     assert run.request["type"] == "JOB_TYPE_STREAMING"
@@ -329,14 +325,12 @@ def test_flex_metadata_regexes_accept_real_values_and_match_the_choices():
                 assert all(re.fullmatch(r, str(choice)) for r in p["regexes"]), (p["name"], choice)
 
 
-def _accepts_dest_spellings() -> bool:
+def test_the_launchers_dest_spellings_are_accepted():
+    """The Flex Template launcher passes --input_format=csv, --prompt_cache=false (docs/deploy.md)."""
     parsed = PipelineOptions(["--input_format=csv", "--prompt_cache=false"]).view_as(ClaudeOptions)
-    return parsed.input_format == "csv" and parsed.prompt_cache is False
+    assert parsed.input_format == "csv" and parsed.prompt_cache is False
 
 
-@pytest.mark.xfail(not _accepts_dest_spellings(), strict=True,
-                   reason="pipeline/options.py does not accept --<dest>=<value> yet: the Flex Template "
-                          "launcher passes --input_format=csv, --prompt_cache=false (docs/deploy.md)")
 def test_every_flex_parameter_reaches_the_job_as_the_launcher_passes_it():
     """The launcher runs `main.py --<name>=<value>` for each parameter given."""
     actions = {a.dest: a for a in _our_actions()}
