@@ -180,3 +180,69 @@ def test_bad_bytes_every_format(tmp_path, clean_emu, api_env, mode):
         _escaped(key).encode("utf-8")
         assert BAD not in key and "\\x" not in key
     assert {r["record_id"] for r in results} <= sent
+
+
+# --- the pieces, one by one -------------------------------------------------
+
+@pytest.mark.parametrize("value, shown", [
+    ("plain", "plain"),
+    ("caf\u00e9", "caf\u00e9"),
+    ("a \udcff\udcfe b", "a \\xff\\xfe b"),   # undecodable bytes: the bytes
+    ("lone \ud800", "lone \\ud800"),            # another lone surrogate: its code point
+])
+def test_safe_text(value, shown):
+    from transforms.io.normalize import safe_text
+    assert safe_text(value) == shown
+    safe_text(value).encode("utf-8")
+
+
+def test_raw_to_text_escapes_dicts_and_strings():
+    from transforms.io.normalize import raw_to_text
+    assert raw_to_text({"id": "x\udcff"}) == '{"id": "x\\xff"}'
+    assert raw_to_text("x\ud800\udcfe") == "x\\ud800\\xfe"
+    assert raw_to_text(b"x\xff") == "x\\xff"
+
+
+@pytest.mark.parametrize("row, reason, has_id", [
+    ({"id": "a\udcff", "text": "hi"}, "invalid_utf8", False),
+    ({"id": "a\ud800", "text": "hi"}, "invalid_utf8", False),
+    ({"id": "a", "text": "hi \udcff"}, "invalid_utf8", True),
+    ({"id": "a", "text": "hi", "k": "key \udcff"}, "invalid_utf8", True),
+    ({"id": "a", "text": "hi", "k": "key", "unused": "\udcff"}, None, True),
+])
+def test_normalize_rule(row, reason, has_id):
+    from transforms.io.normalize import FieldMap, normalize_row
+    from transforms.records import DeadLetter
+    out = normalize_row(row, FieldMap(pack_key_field="k"), "src:1")
+    if reason is None:
+        assert not isinstance(out, DeadLetter)
+        return
+    assert isinstance(out, DeadLetter) and out.error_type == reason
+    assert (out.record_id is not None) == has_id
+    out.raw.encode("utf-8")
+
+
+def test_dead_letter_row_escapes_every_text():
+    from transforms.prompts.outcomes import dead_letter_row
+    from transforms.records import DeadLetter
+    row = dead_letter_row(DeadLetter("id\udcff", "k\udcff", "read", "invalid_utf8", "bad \udcff",
+                                     raw="r\udcff", source="f\udcff.csv:1"), "run", "sync")
+    assert (row["record_id"], row["pack_key"], row["error_message"], row["raw"], row["source"]) == (
+        "id\\xff", "k\\xff", "bad \\xff", "r\\xff", "f\\xff.csv:1")
+
+
+def test_parquet_rows_not_utf8():
+    from transforms.io.read import _parquet_rows
+    table = pa.table({"id": pa.array([b"ok", b"x\xff", None], type=pa.binary()).view(pa.string()),
+                      "n": [1, 2, 3]})
+    (batch,) = table.to_batches()
+    assert _parquet_rows(batch) == [{"id": "ok", "n": 1}, {"id": "x\udcff", "n": 2}, {"id": None, "n": 3}]
+
+
+def test_requests_file_keeps_unused_bad_bytes(tmp_path):
+    from transforms.batches import lifecycle
+    from transforms.records import Record
+    records = {"a": Record("a", "k", "text", {"notes": "x\udcff", "n": "caf\u00e9"})}
+    path = str(tmp_path / "r.json.zst")
+    lifecycle.write_requests(path, [], records)
+    assert lifecycle.read_requests(path)[1] == records
