@@ -14,7 +14,7 @@ from transforms.batches.route import PollSettings, SubmitBatches, seal_work
 from transforms.batching import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, BatchBounds, BatchByWeight
 from transforms.api.client import ApiSettings, RetryPolicy, endpoint_provenance, wire_schemas
 from transforms.api.costs import load_prices
-from transforms.io.normalize import FieldMap
+from transforms.io.normalize import FieldMap, has_surrogates, raw_to_text
 from transforms.io.rows import NormalizeRows
 from transforms.screen.injection import ScreenRecords
 from transforms.batches.lifecycle import LedgerSettings
@@ -109,11 +109,25 @@ class _CheckPrompts(beam.DoFn):
 
     def process(self, record: Record) -> Iterator:
         try:
-            self._task.render(record)
+            prompt = self._task.render(record)
         except TemplateError as e:
             yield TaggedOutput(DEAD, _template_dead_letter(record, e))
             return
+        if not prompt.isascii() and has_surrogates(prompt):
+            # A template field holds bytes that are not UTF-8 (the id, text and
+            # pack key were checked when read): the record is not sent at all.
+            yield TaggedOutput(DEAD, _invalid_utf8_dead_letter(record))
+            return
         yield record
+
+
+def _invalid_utf8_dead_letter(record: Record) -> DeadLetter:
+    fields = sorted(k for k, v in record.attrs.items() if isinstance(v, str) and has_surrogates(v))
+    return DeadLetter(record_id=record.record_id, pack_key=record.pack_key, stage=Stage.RENDER.value,
+                      error_type=Reason.INVALID_UTF8.value,
+                      error_message=f"template field(s) {', '.join(map(repr, fields))} contain bytes "
+                                    "that are not valid UTF-8",
+                      raw=raw_to_text({"text": record.text, **record.attrs}))
 
 
 def _template_dead_letter(record: Record, error: TemplateError) -> DeadLetter:

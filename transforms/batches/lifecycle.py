@@ -152,12 +152,26 @@ def write_requests(path: str, requests: Sequence[Request], records: Optional[Dic
     # json would. Records' attrs may hold anything (floats, NaN, dates), so
     # they keep json's exact form.
     encoded = fastjson.dumps_bytes(_request_to_columns(requests), default=str)
-    kept = (json.dumps([{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()],
-                       ensure_ascii=False, default=str).encode("utf-8") if records else b"null")
+    kept = _records_json(records) if records else b"null"
     # The records go in as one more member of the columns' object (whose last byte is "}").
     # The frame records its content size: a reader allocates the JSON's bytes once.
     body = encoded[:-1] + b',"records":' + kept + b"}"
     _write_file(path, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body))
+
+
+def _records_json(records: Dict[str, Record]) -> bytes:
+    """The packed records as JSON bytes (UTF-8).
+
+    An attribute no prompt uses may hold bytes that were not UTF-8 (lone
+    surrogates after surrogateescape): such a file is written with ASCII
+    escapes ("\\udcff"), which json reads back to the very same string.
+    """
+    values = [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records.values()]
+    text = json.dumps(values, ensure_ascii=False, default=str)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(values, ensure_ascii=True, default=str).encode("ascii")
 
 
 def read_requests(path: str) -> Tuple[List[Request], Optional[Dict[str, Record]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Mapping, Optional, Union
 
 from transforms import fastjson
@@ -35,14 +36,41 @@ class FieldMap:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
 
 
+#: Any lone surrogate: the undecodable bytes of a surrogateescape'd text
+#: (U+DC80..U+DCFF) or a JSON escape such as "\\ud800" with no partner.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    # An undecodable byte shows as the byte (\xff), any other surrogate as its code point.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def safe_text(value: str) -> str:
+    """`value`, with every lone surrogate written as an escape: the byte 0xff
+    that surrogateescape decoded to U+DCFF becomes the four characters \\xff,
+    another lone surrogate \\udXXX. The result always encodes as UTF-8 (Parquet,
+    Beam's coders, JSON files, logs); valid text is returned as it is."""
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return _SURROGATE.sub(_escape_surrogate, value)
+
+
+def safe_optional(value: Any) -> Any:
+    """safe_text for a string, anything else unchanged (None stays None)."""
+    return safe_text(value) if isinstance(value, str) else value
+
+
 def raw_to_text(raw: Any) -> str:
-    """The raw input as a printable string for the dead letter (bounded)."""
+    """The raw input as a printable string for the dead letter (bounded);
+    bytes that are not UTF-8 and lone surrogates are written as escapes (\\xff)."""
     if isinstance(raw, bytes):
         text = raw.decode("utf-8", "backslashreplace")
     elif isinstance(raw, str):
-        text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = safe_text(raw)
     else:
-        text = json.dumps(raw, default=str, ensure_ascii=False)
+        text = safe_text(json.dumps(raw, default=str, ensure_ascii=False))
     if len(text) > MAX_RAW_CHARS:
         text = text[:MAX_RAW_CHARS] + f"...[{len(text) - MAX_RAW_CHARS} more characters]"
     return text
@@ -75,10 +103,15 @@ def parse_json_line(line: bytes, source: str) -> Union[Mapping[str, Any], DeadLe
     return value
 
 
-def _has_surrogates(value: str) -> bool:
-    # CSV files are decoded with surrogateescape so one bad byte does not
-    # poison the whole file; the escaped bytes show up as lone surrogates.
-    return not value.isascii() and any("\udc80" <= ch <= "\udcff" for ch in value)
+def has_surrogates(value: str) -> bool:
+    """True when `value` holds a lone surrogate (an undecodable byte): it cannot be encoded as UTF-8."""
+    # CSV files (and Parquet strings that are not UTF-8) are decoded with
+    # surrogateescape so one bad byte does not poison the whole file; the
+    # escaped bytes show up as lone surrogates. A JSON "\\ud800" escape is one too.
+    return not value.isascii() and _SURROGATE.search(value) is not None
+
+
+_has_surrogates = has_surrogates
 
 
 def _id_of(value: Any) -> Union[str, tuple]:
@@ -98,7 +131,9 @@ def _id_of(value: Any) -> Union[str, tuple]:
         return (Reason.EMPTY_ID, "id is empty")
     if len(value) > MAX_ID_CHARS:
         return (Reason.INVALID_ID, f"id is {len(value)} characters long, the limit is {MAX_ID_CHARS}")
-    if _has_surrogates(value) or "\x00" in value:
+    if _has_surrogates(value):
+        return (Reason.INVALID_UTF8, "id contains bytes that are not valid UTF-8")
+    if "\x00" in value:
         return (Reason.INVALID_ID, "id contains invalid bytes")
     return value
 
@@ -154,7 +189,14 @@ def _pack_key(row: Mapping[str, Any], fields: FieldMap, record_id: str,
     if isinstance(value, (dict, list)):
         return _dead(Reason.INVALID_ID, f"pack key field {fields.pack_key_field!r} must be a scalar",
                      row, source, record_id=record_id)
-    return str(value)
+    key = str(value)
+    if _has_surrogates(key):
+        # The key is written to Parquet and decides who shares a prompt: an
+        # escaped form could equal another record's real key.
+        return _dead(Reason.INVALID_UTF8,
+                     f"pack key field {fields.pack_key_field!r} contains bytes that are not valid UTF-8",
+                     row, source, record_id=record_id)
+    return key
 
 
 def display_pack_key(pack_key: str) -> Optional[str]:

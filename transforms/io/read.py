@@ -71,7 +71,8 @@ class _ParseFile(beam.DoFn):
 
     def _rows_of(self, f, fmt: str, path: str) -> Iterator:
         if fmt == "jsonl":
-            for n, line in enumerate(f, start=1):
+            # iter(readline): Beam's CompressedFile (a .gz input) has readline but is not iterable.
+            for n, line in enumerate(iter(f.readline, b""), start=1):
                 line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue  # blank lines are layout, not records
@@ -94,9 +95,34 @@ class _ParseFile(beam.DoFn):
             import pyarrow.parquet as pq
             n = 0
             for batch in pq.ParquetFile(f).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-                for row in batch.to_pylist():
+                for row in _parquet_rows(batch):
                     n += 1
                     yield normalize_row(row, self._fields, f"{path}#{n}")
+
+
+def _parquet_rows(batch) -> list:
+    """The rows of a Parquet record batch as dicts.
+
+    A string column may hold bytes that are not UTF-8 (Parquet writers do not
+    all check): to_pylist would then fail the whole file. Such a batch is
+    converted column by column instead, the strings of a string column decoded
+    with surrogateescape, so that each bad value is judged (and dead-lettered)
+    in its own row like a CSV field.
+    """
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    import pyarrow as pa
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            raw = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+            columns.append([None if v is None else v.decode("utf-8", "surrogateescape") for v in raw.to_pylist()])
+        else:
+            columns.append(column.to_pylist())  # nested strings that are not UTF-8 still fail the file
+    names = batch.schema.names
+    return [dict(zip(names, values)) for values in zip(*columns)]
 
 
 class _KeepFirst(beam.DoFn):

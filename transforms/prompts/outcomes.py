@@ -14,7 +14,7 @@ from transforms import fastjson
 from transforms.prompts import answers
 from transforms.prompts.packing import share_usage
 from transforms.api.costs import PriceTable
-from transforms.io.normalize import display_pack_key
+from transforms.io.normalize import display_pack_key, safe_optional
 from transforms.records import DeadLetter, Reason, Stage
 from transforms.prompts.requests import Item, Request
 from transforms.io.schema import arrow_converter
@@ -251,12 +251,15 @@ def failed_request(ctx: RowContext, request: Request, sent: Sent, stage: Stage, 
 
 
 def dead_letter_row(dl: DeadLetter, run_id: str, mode: str, created_at: Optional[dt.datetime] = None) -> Dict[str, Any]:
-    """One `dead_letter/` row."""
+    """One `dead_letter/` row. Its texts always encode as UTF-8: a lone
+    surrogate (an undecodable input byte) anywhere in them is written as an
+    escape (normalize.safe_text), never left to fail the Parquet writer."""
     return {
-        "record_id": dl.record_id, "pack_key": display_pack_key(dl.pack_key) if dl.pack_key else None,
+        "record_id": safe_optional(dl.record_id),
+        "pack_key": safe_optional(display_pack_key(dl.pack_key)) if dl.pack_key else None,
         "run_id": run_id, "mode": mode,
-        "stage": dl.stage, "error_type": dl.error_type, "error_message": dl.error_message,
-        "raw": dl.raw, "source": dl.source, "attempts": dl.attempts,
+        "stage": dl.stage, "error_type": dl.error_type, "error_message": safe_optional(dl.error_message),
+        "raw": safe_optional(dl.raw), "source": safe_optional(dl.source), "attempts": dl.attempts,
         "batch_id": dl.batch_id, "custom_id": dl.custom_id, "created_at": created_at or now(),
         "cost_usd": dl.cost_usd,
         **{k: (int(dl.usage.get(k) or 0) if dl.usage else None) for k in USAGE_KEYS},
