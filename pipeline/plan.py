@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser
+from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem
 from transforms.api.costs import PriceError
 from transforms.planning import (Plan, budget_problem, choose_mode, format_duration, plan,
                                  render_plan, validate_plan_options)
@@ -40,7 +40,12 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
         parser.prog = "python -m pipeline plan"
         parser.print_help(out)
         return EXIT_OK
-    opts = PipelineOptions(argv).view_as(ClaudeOptions)
+    options = PipelineOptions(argv)
+    problem = unknown_flags_problem(options)
+    if problem:
+        print(f"error: {problem}", file=err)
+        return EXIT_USAGE
+    opts = options.view_as(ClaudeOptions)
     try:
         if not opts.task or not opts.input:
             raise ValueError("--task and --input are required")

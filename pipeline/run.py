@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser, validate
+from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem, validate
 from transforms.api.client import API_KEY_ENV
 from transforms.api.costs import PriceError
 from transforms.progress import ProgressLine
@@ -210,6 +210,10 @@ def run(argv: List[str]) -> int:
         help_parser().print_help()
         return EXIT_OK
     options = PipelineOptions(argv)
+    problem = unknown_flags_problem(options)
+    if problem:  # Beam would drop it and run without it: no budget, no pack key...
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     opts = options.view_as(ClaudeOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     try:

@@ -1,0 +1,52 @@
+"""Issue #18, "refuse before paying": everything that can be checked before the
+first API call is checked then (exit 2: usage, 3: budget), and nothing is billed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.run import run
+
+TASK = "samples/sentiment.yaml"
+SAMPLE = "samples/emails.jsonl"
+
+
+def _args(emu, tmp_path, *extra, task=TASK, data=SAMPLE, mode="sync"):
+    return ["--task", str(task), "--input", str(data), "--output", str(tmp_path / "out"),
+            "--mode", mode, "--api-base", emu.base_url, "--poll-interval-s", "0.05", *extra]
+
+
+def _nothing_billed(emu):
+    stats = emu.stats()
+    assert stats["messages_calls"] == 0 and stats["batches_created"] == 0, stats
+
+
+# --- 1. typos in flags -------------------------------------------------------
+
+@pytest.mark.parametrize("typo,value,suggestion", [
+    ("--max-cost", "5", "--max-cost-usd"),
+    ("--pack-key-feld", "account_id", "--pack-key-field"),
+    ("--id-feild", "ticket_id", "--id-field"),
+])
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_unknown_flag_exits_2_with_a_suggestion(emu, api_env, tmp_path, capsys, typo, value,
+                                                suggestion, command):
+    emu.reset()
+    argv = _args(emu, tmp_path, typo, value)
+    assert run((["plan"] if command == "plan" else []) + argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: unknown flag {typo} (did you mean {suggestion}?)" in err
+    assert "Discarding unparseable" not in err
+    _nothing_billed(emu)
+
+
+def test_beam_flags_still_pass():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipeline.options import unknown_flags_problem
+    argv = ["--runner", "DirectRunner", "--project", "p", "--temp_location", "gs://b/tmp",
+            "--direct_num_workers", "2", "--setup_file", "./setup.py", "--no_wait_until_finish",
+            "--region", "europe-west1", "--max_cost_usd=3", "--pack_key_field", "customer_id",
+            "--prompt_cache=false", "--overwrite", "--task", TASK]
+    assert unknown_flags_problem(PipelineOptions(argv)) is None
+    assert "unexpected argument" in unknown_flags_problem(PipelineOptions(["--overwrite", "false", "stray"]))
