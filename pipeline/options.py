@@ -226,7 +226,16 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                             "(2026-11-26T09:00:00Z) or HH:MM (the next such local time). The plan says "
                             "which modes meet it; --mode auto picks the cheapest that does.")
     group.add_argument("--max-cost-usd", dest="max_cost_usd", type=float, default=None,
-                       help="Refuse (exit code 3) when the planned cost of the mode to run exceeds this.")
+                       help="Budget of the run in USD. The job is planned first (input read, "
+                            "count_tokens); when the planned cost of the mode to run exceeds this "
+                            "it exits with code 3 and sends nothing (any mode). During the run each "
+                            "request's worst case is reserved before it is sent, so the real spend "
+                            "never passes it: records past the cap go to the dead letter as 'budget'.")
+    group.add_argument("--allow-partial-budget", dest="allow_partial_budget", nargs="?", const=True,
+                       default=False, type=_flag_value, metavar="true|false",
+                       help="With --max-cost-usd and a plan over it: run anyway, send records until "
+                            "the cap is reached and dead-letter the rest as 'budget' (exit code 0). "
+                            "Without this flag such a run exits with code 3 before sending anything.")
     group.add_argument("--plan-sample", dest="plan_sample", type=int, default=DEFAULT_SAMPLE,
                        help="Records the plan reads and builds requests for; larger inputs are "
                             "counted in full and the plan is scaled to their row count.")

@@ -239,10 +239,12 @@ def run(argv: List[str]) -> int:
             try:
                 # Planned only when the run needs it (--mode auto, --deadline,
                 # --max-cost-usd): a plan reads the input and calls count_tokens,
-                # start-up work no other run should pay for. An explicit mode runs
-                # up to the cap (enforced per request); `auto` refuses up front.
+                # start-up work no other run should pay for. Over --max-cost-usd
+                # every mode refuses up front (exit 3), unless
+                # --allow-partial-budget: then it runs up to the cap (enforced per
+                # request) and dead-letters the rest as 'budget'.
                 the_plan, stop = plan_before_run(opts, api_base, local,
-                                                 refuse_over_budget=opts.mode == "auto")
+                                                 refuse_over_budget=not opts.allow_partial_budget)
             except (ValueError, TaskError, PriceError, OSError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return EXIT_USAGE

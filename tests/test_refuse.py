@@ -50,3 +50,30 @@ def test_beam_flags_still_pass():
             "--prompt_cache=false", "--overwrite", "--task", TASK]
     assert unknown_flags_problem(PipelineOptions(argv)) is None
     assert "unexpected argument" in unknown_flags_problem(PipelineOptions(["--overwrite", "false", "stray"]))
+
+
+# --- 5. budget ---------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["sync", "packed", "batch", "packed-batch", "auto"])
+def test_over_budget_exits_3_before_sending_in_every_mode(emu, api_env, tmp_path, capsys, mode):
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0)
+    argv = _args(emu, tmp_path, "--max-cost-usd", "0.001", "--pack-key-field", "customer_id",
+                 "--plan-count-calls", "2", mode=mode)
+    assert run(argv) == 3
+    err = capsys.readouterr().err
+    assert "OVER BUDGET" in err and "nothing was sent" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
+    _nothing_billed(emu)
+
+
+def test_allow_partial_budget_runs_up_to_the_cap(emu, api_env, tmp_path, capsys):
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0)
+    argv = _args(emu, tmp_path, "--max-cost-usd", "0.01", "--allow-partial-budget",
+                 "--plan-count-calls", "2", mode="batch")
+    assert run(argv) == 0
+    assert "the run stops sending at the cap" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["results"] > 0 and summary["dead_letters_by_reason"].get("budget", 0) > 0
+    assert summary["cost_usd"] <= 0.01
