@@ -77,3 +77,36 @@ def test_allow_partial_budget_runs_up_to_the_cap(emu, api_env, tmp_path, capsys)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["results"] > 0 and summary["dead_letters_by_reason"].get("budget", 0) > 0
     assert summary["cost_usd"] <= 0.01
+
+
+# --- 2. the task file is validated when loaded --------------------------------
+
+def _broken_task(tmp_path, replace, by):
+    text = open(TASK, encoding="utf-8").read()
+    assert replace in text
+    path = tmp_path / "x.yaml"
+    path.write_text(text.replace(replace, by, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("replace,by,key,message", [
+    ("      type: number\n", "      type: strng\n", "output_schema.properties.score.type",
+     "'strng' is not valid"),
+    ("      maxLength: 200\n", "      maxLength: two\n", "output_schema.properties.reason.maxLength",
+     "'two' is not of type 'integer'"),
+])
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_invalid_output_schema_exits_2_naming_file_and_key(emu, api_env, tmp_path, capsys, replace,
+                                                           by, key, message, command):
+    emu.reset()
+    task = _broken_task(tmp_path, replace, by)
+    argv = _args(emu, tmp_path, task=task)
+    assert run((["plan"] if command == "plan" else []) + argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {task}: {key}: {message}" in err
+    _nothing_billed(emu)
+
+
+def test_the_sample_task_still_loads():
+    from transforms.prompts.task import load_task
+    assert load_task(TASK).output_schema["properties"]["score"]["type"] == "number"

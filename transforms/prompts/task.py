@@ -104,4 +104,28 @@ def load_task(path: str) -> Task:
         data["system"] = data.pop("instructions")
     if "system" not in data:
         raise TaskError(f"task file {path}: 'instructions' (the system prompt) is required")
-    return Task(**data)
+    if data.get("output_schema") is not None:
+        check_output_schema(data["output_schema"], path)
+    try:
+        return Task(**data)
+    except TaskError as e:
+        raise TaskError(f"{path}: {str(e).removeprefix('task: ')}") from e
+
+
+def check_output_schema(schema: Any, path: str = "task") -> None:
+    """Check `schema` against the metaschema of its own draft ($schema, else
+    Draft 2020-12, as the answers are validated), so a `type: strng` fails when
+    the task is loaded, not on the first answer after paying for it. The message
+    names the file and the key path (output_schema.properties.score.type)."""
+    import jsonschema
+    from jsonschema.validators import validator_for
+
+    if not isinstance(schema, Mapping):
+        raise TaskError(f"{path}: output_schema must be a mapping (a JSON schema), "
+                        f"not {type(schema).__name__}")
+    try:
+        cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = ".".join(["output_schema", *(str(p) for p in e.absolute_path)])
+        raise TaskError(f"{path}: {where}: {e.message}") from e
