@@ -54,6 +54,12 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=err)
         return EXIT_USAGE
+    from pipeline.preflight import load_and_check, no_valid_record_message
+    try:
+        load_and_check(opts)  # the task file, the template's fields, an input with no valid record
+    except (ValueError, TaskError, OSError) as e:
+        print(f"error: {e}", file=err)
+        return EXIT_USAGE
     with backend.endpoint(opts) as api_base:
         try:
             p = plan(opts, api_base, opts.api_base == backend.LOCAL, deadline_s=deadline_s)
@@ -61,6 +67,10 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
             print(f"error: {e}", file=err)
             return EXIT_USAGE
     print(render_plan(p), file=out)
+    if not p.records:
+        print(f"error: {no_valid_record_message(opts.input, p.rows_total, p.dead_letters_by_reason)}",
+              file=err)
+        return EXIT_USAGE
     mode = opts.mode or "batch"
     if mode == "auto":
         mode, why = choose_mode(p, deadline_s)

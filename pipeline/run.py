@@ -236,7 +236,11 @@ def run(argv: List[str]) -> int:
         the_plan = None
         if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
             from pipeline.plan import plan_before_run
+            from pipeline.preflight import load_and_check
             try:
+                # Before anything is sent: the task file, the template's fields
+                # against the first valid record, an input with no valid record.
+                load_and_check(opts)
                 # Planned only when the run needs it (--mode auto, --deadline,
                 # --max-cost-usd): a plan reads the input and calls count_tokens,
                 # start-up work no other run should pay for. Over --max-cost-usd
@@ -320,6 +324,12 @@ def run(argv: List[str]) -> int:
         if pending:
             print(f"{pending} batch(es) have not ended yet: run collect again later", file=sys.stderr)
             return EXIT_PENDING
+        from pipeline.preflight import INPUT_REASONS, no_valid_record_message
+        by_reason = summary["dead_letters_by_reason"]
+        if not summary["results"] and not any(n for k, n in by_reason.items() if k not in INPUT_REASONS):
+            print(f"error: {no_valid_record_message(job.input, summary['records_in'], by_reason)}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         if not summary["one_in_one_out"]:
             print("error: the output does not hold exactly one row per input record", file=sys.stderr)
             return EXIT_FAILED

@@ -110,3 +110,77 @@ def test_invalid_output_schema_exits_2_naming_file_and_key(emu, api_env, tmp_pat
 def test_the_sample_task_still_loads():
     from transforms.prompts.task import load_task
     assert load_task(TASK).output_schema["properties"]["score"]["type"] == "number"
+
+
+# --- 3. template fields against the first valid record --------------------------
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_template_field_missing_from_the_input_exits_2(emu, api_env, tmp_path, capsys, command):
+    emu.reset()
+    task = _broken_task(tmp_path, "Subject: {subject}", "Subject: {subjct}")
+    assert run((["plan"] if command == "plan" else []) + _args(emu, tmp_path, task=task)) == 2
+    err = capsys.readouterr().err
+    assert f"error: {task}: the template names field(s) {{subjct}} that the input does not have" in err
+    assert "id 'em-000001'" in err and "subject" in err and "channel" in err
+    _nothing_billed(emu)
+
+
+def test_the_text_field_renders_under_its_own_name(emu, api_env, tmp_path):
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0)
+    data = _write_jsonl(tmp_path / "in.jsonl", [
+        {"ticket_id": f"t{i}", "body": f"The parcel {i} arrived broken.", "channel": "email"}
+        for i in range(3)])
+    task = tmp_path / "body.yaml"
+    task.write_text("model: claude-haiku-4-5\ninstructions: Say how the customer feels.\n"
+                    "template: \"{channel} {ticket_id}: {body}\"\n", encoding="utf-8")
+    argv = _args(emu, tmp_path, "--text-field", "body", "--id-field", "ticket_id", task=task, data=data)
+    assert run(argv) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["results"] == 3 and summary["dead_letters"] == 0, summary
+
+
+def test_task_render_knows_the_input_field_names():
+    from transforms.prompts.task import Task
+    from transforms.records import Record
+    task = Task(model="m", system="s", template="{body}|{ticket_id}|{text}", text_field="body",
+                id_field="ticket_id")
+    assert task.render(Record("t1", "t1", "hello")) == "hello|t1|hello"
+
+
+# --- 4. zero valid records ---------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_all_dead_letters_exits_2_saying_why(emu, api_env, tmp_path, capsys, command):
+    emu.reset()
+    data = _write_jsonl(tmp_path / "in.jsonl", [{"ticket_id": "a", "text": "x"},
+                                                 {"ticket_id": "b", "text": "y"}, {"id": "c", "text": ""}])
+    assert run((["plan"] if command == "plan" else []) + _args(emu, tmp_path, data=data)) == 2
+    err = capsys.readouterr().err
+    assert f"error: no valid record in {data}: 3 rows, all dead letters: missing_id 2, empty_text 1" in err
+    _nothing_billed(emu)
+
+
+def test_empty_input_exits_2(emu, api_env, tmp_path, capsys):
+    emu.reset()
+    data = tmp_path / "in.jsonl"
+    data.write_text("", encoding="utf-8")
+    assert run(_args(emu, tmp_path, data=data)) == 2
+    assert f"error: no valid record in {data}: the input is empty (0 rows)" in capsys.readouterr().err
+    _nothing_billed(emu)
+
+
+def test_a_run_with_no_valid_record_past_the_check_exits_1(emu, api_env, tmp_path, capsys):
+    """The first-record check reads at most --plan-sample rows; the run says it too."""
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0)
+    data = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    assert run(_args(emu, tmp_path, "--plan-sample", "1", data=data)) == 1
+    assert f"error: no valid record in {data}: 3 rows, all dead letters: missing_text 3" \
+        in capsys.readouterr().err
+    _nothing_billed(emu)
