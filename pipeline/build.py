@@ -103,7 +103,8 @@ def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
 def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                 runner_supports_id_label: bool = False) -> Job:
     """Options -> Job. Raises ValueError/TaskError with the flag or field at fault."""
-    task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens)
+    task = load_task(opts.task).with_overrides(model=opts.model, max_tokens=opts.max_tokens,
+                                               text_field=opts.text_field, id_field=opts.id_field)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
     day = run_date(opts)

@@ -226,7 +226,16 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                             "(2026-11-26T09:00:00Z) or HH:MM (the next such local time). The plan says "
                             "which modes meet it; --mode auto picks the cheapest that does.")
     group.add_argument("--max-cost-usd", dest="max_cost_usd", type=float, default=None,
-                       help="Refuse (exit code 3) when the planned cost of the mode to run exceeds this.")
+                       help="Budget of the run in USD. The job is planned first (input read, "
+                            "count_tokens); when the planned cost of the mode to run exceeds this "
+                            "it exits with code 3 and sends nothing (any mode). During the run each "
+                            "request's worst case is reserved before it is sent, so the real spend "
+                            "never passes it: records past the cap go to the dead letter as 'budget'.")
+    group.add_argument("--allow-partial-budget", dest="allow_partial_budget", nargs="?", const=True,
+                       default=False, type=_flag_value, metavar="true|false",
+                       help="With --max-cost-usd and a plan over it: run anyway, send records until "
+                            "the cap is reached and dead-letter the rest as 'budget' (exit code 0). "
+                            "Without this flag such a run exits with code 3 before sending anything.")
     group.add_argument("--plan-sample", dest="plan_sample", type=int, default=DEFAULT_SAMPLE,
                        help="Records the plan reads and builds requests for; larger inputs are "
                             "counted in full and the plan is scaled to their row count.")
@@ -336,3 +345,42 @@ def validate(opts: ClaudeOptions) -> None:
         raise ValueError("--rate-limit-redis must be a redis:// URL")
     if opts.max_in_flight is not None and opts.max_in_flight < 1:
         raise ValueError("--max-in-flight must be >= 1")
+
+
+def unknown_flags_problem(options: PipelineOptions) -> "str | None":
+    """A message naming the first flag that no PipelineOptions class knows (ours
+    or Beam's), with the closest known spelling; None when every flag is known.
+
+    Beam decides what it cannot parse in PipelineOptions.get_all_options: it
+    builds one parser from every PipelineOptions subclass and keeps what
+    parse_known_args leaves over, then logs "Discarding unparseable args" and
+    runs without them (a misspelt --max-cost-usd would mean no budget at all).
+    We ask for that same parser (through add_extra_args_fn) and parse the same
+    flags with it, so "known" means exactly what it means to Beam."""
+    import difflib
+
+    import logging
+    from apache_beam.options import pipeline_options as beam_options
+
+    parsers = []
+    quiet = lambda record: "unparseable" not in record.getMessage()  # noqa: E731 - we say it better
+    beam_log = logging.getLogger(beam_options.__name__)
+    beam_log.addFilter(quiet)
+    try:
+        options.get_all_options(add_extra_args_fn=parsers.append)
+    finally:
+        beam_log.removeFilter(quiet)
+    parser = parsers[0]
+    _, unknown = parser.parse_known_args(options._flags)  # what Beam would discard
+    if not unknown:
+        return None
+    known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    flags = [u for u in unknown if u.startswith("-")]
+    if not flags:
+        return f"unexpected argument {unknown[0]!r} (every value follows its --flag)"
+    name = flags[0].split("=", 1)[0]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    more = f"; also unknown: {', '.join(f.split('=', 1)[0] for f in flags[1:])}" if flags[1:] else ""
+    return (f"unknown flag {name}{hint}{more}. `python -m pipeline --help` lists ours; "
+            "any Apache Beam pipeline option is accepted too")

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser
+from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem
 from transforms.api.costs import PriceError
 from transforms.planning import (Plan, budget_problem, choose_mode, format_duration, plan,
                                  render_plan, validate_plan_options)
@@ -40,13 +40,24 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
         parser.prog = "python -m pipeline plan"
         parser.print_help(out)
         return EXIT_OK
-    opts = PipelineOptions(argv).view_as(ClaudeOptions)
+    options = PipelineOptions(argv)
+    problem = unknown_flags_problem(options)
+    if problem:
+        print(f"error: {problem}", file=err)
+        return EXIT_USAGE
+    opts = options.view_as(ClaudeOptions)
     try:
         if not opts.task or not opts.input:
             raise ValueError("--task and --input are required")
         backend.check_backend(opts, os.environ)
         deadline_s = validate_plan_options(opts)
     except ValueError as e:
+        print(f"error: {e}", file=err)
+        return EXIT_USAGE
+    from pipeline.preflight import load_and_check, no_valid_record_message
+    try:
+        load_and_check(opts)  # the task file, the template's fields, an input with no valid record
+    except (ValueError, TaskError, OSError) as e:
         print(f"error: {e}", file=err)
         return EXIT_USAGE
     with backend.endpoint(opts) as api_base:
@@ -56,6 +67,10 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
             print(f"error: {e}", file=err)
             return EXIT_USAGE
     print(render_plan(p), file=out)
+    if not p.records:
+        print(f"error: {no_valid_record_message(opts.input, p.rows_total, p.dead_letters_by_reason)}",
+              file=err)
+        return EXIT_USAGE
     mode = opts.mode or "batch"
     if mode == "auto":
         mode, why = choose_mode(p, deadline_s)

@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser, validate
+from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem, validate
 from transforms.api.client import API_KEY_ENV
 from transforms.api.costs import PriceError
 from transforms.progress import ProgressLine
@@ -210,6 +210,10 @@ def run(argv: List[str]) -> int:
         help_parser().print_help()
         return EXIT_OK
     options = PipelineOptions(argv)
+    problem = unknown_flags_problem(options)
+    if problem:  # Beam would drop it and run without it: no budget, no pack key...
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     opts = options.view_as(ClaudeOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     try:
@@ -232,13 +236,19 @@ def run(argv: List[str]) -> int:
         the_plan = None
         if opts.lifecycle != "collect" and not (opts.input_subscription or opts.input_topic):
             from pipeline.plan import plan_before_run
+            from pipeline.preflight import load_and_check
             try:
+                # Before anything is sent: the task file, the template's fields
+                # against the first valid record, an input with no valid record.
+                load_and_check(opts)
                 # Planned only when the run needs it (--mode auto, --deadline,
                 # --max-cost-usd): a plan reads the input and calls count_tokens,
-                # start-up work no other run should pay for. An explicit mode runs
-                # up to the cap (enforced per request); `auto` refuses up front.
+                # start-up work no other run should pay for. Over --max-cost-usd
+                # every mode refuses up front (exit 3), unless
+                # --allow-partial-budget: then it runs up to the cap (enforced per
+                # request) and dead-letters the rest as 'budget'.
                 the_plan, stop = plan_before_run(opts, api_base, local,
-                                                 refuse_over_budget=opts.mode == "auto")
+                                                 refuse_over_budget=not opts.allow_partial_budget)
             except (ValueError, TaskError, PriceError, OSError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return EXIT_USAGE
@@ -314,6 +324,12 @@ def run(argv: List[str]) -> int:
         if pending:
             print(f"{pending} batch(es) have not ended yet: run collect again later", file=sys.stderr)
             return EXIT_PENDING
+        from pipeline.preflight import INPUT_REASONS, no_valid_record_message
+        by_reason = summary["dead_letters_by_reason"]
+        if not summary["results"] and not any(n for k, n in by_reason.items() if k not in INPUT_REASONS):
+            print(f"error: {no_valid_record_message(job.input, summary['records_in'], by_reason)}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         if not summary["one_in_one_out"]:
             print("error: the output does not hold exactly one row per input record", file=sys.stderr)
             return EXIT_FAILED

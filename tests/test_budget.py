@@ -1,4 +1,5 @@
-"""--max-cost-usd: the run stops at the cap, loses nothing, and never spends past it."""
+"""--max-cost-usd --allow-partial-budget: the run stops at the cap, loses nothing, and never
+spends past it (without --allow-partial-budget it refuses up front: tests/test_refuse.py)."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def test_run_stops_at_the_cap_with_nothing_lost(emu, api_env, tmp_path, mode, ca
     out = tmp_path / "out"
     args = ["--task", "samples/sentiment.yaml", "--input", str(data), "--output", str(out), "--mode", mode,
             "--pack-key-field", "customer_id", "--api-base", emu.base_url, "--max-cost-usd", str(cap),
-            "--poll-interval-s", "0.05", "--concurrency", "2", "--run-id", f"budget-{mode}"]
+            "--allow-partial-budget", "--poll-interval-s", "0.05", "--concurrency", "2", "--run-id", f"budget-{mode}"]
     assert run(args) == EXIT_OK
     results, dead = read_output(str(out))
     assert_one_in_one_out(str(data), results, dead)

@@ -274,7 +274,8 @@ def _sample(action):
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.type is bool:
         flipped = not action.default
         return ("true" if flipped else "false"), flipped
-    if action.dest == "overwrite":  # a valued boolean once options.py accepts --overwrite=true
+    from pipeline.options import _flag_value
+    if action.type is _flag_value:  # a valued boolean (--overwrite=true, --allow-partial-budget=true)
         return "true", True
     if action.choices:
         choice = [c for c in action.choices if c != action.default][-1]

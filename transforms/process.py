@@ -258,6 +258,8 @@ class ProcessWithClaude(beam.PTransform):
             raise ValueError(f"mode {mode!r} needs a ledger (a local path or gs:// prefix): without "
                              "one, a retried bundle or a rerun would create and pay for its batches again")
         task = load_task(task) if isinstance(task, str) else task
+        if fields is not None:  # the template may name the text and id by their input names
+            task = task.with_overrides(text_field=fields.text_field, id_field=fields.id_field)
         table = load_prices(prices)
         table.price(task.model)  # a model without a price fails now, not on the first answer
         run_id = run_id or library_run_id(task, mode)

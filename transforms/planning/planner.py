@@ -88,7 +88,9 @@ def plan(opts: Any, api_base: Optional[str], local: bool, *, sample: Optional[in
     max_cost = _opt(opts, "max_cost_usd")
     notes: List[str] = []
 
-    task = load_task(opts.task).with_overrides(model=_opt(opts, "model"), max_tokens=_opt(opts, "max_tokens"))
+    task = load_task(opts.task).with_overrides(model=_opt(opts, "model"), max_tokens=_opt(opts, "max_tokens"),
+                                               text_field=_opt(opts, "text_field"),
+                                               id_field=_opt(opts, "id_field"))
     prices = load_prices(_opt(opts, "prices"))
     prices.price(task.model)
     builder = RequestBuilder(task=task, run_id=_opt(opts, "run_id", "plan"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import string
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -40,6 +41,10 @@ class Task:
     output_schema: Optional[Mapping[str, Any]] = None
     item_output_tokens: int = DEFAULT_ITEM_OUTPUT_TOKENS
     name: str = "task"
+    #: The input's names of the text and id fields (--text-field, --id-field; not
+    #: task-file keys): the template may use them as well as {text} and {id}.
+    text_field: str = "text"
+    id_field: str = "id"
 
     def __post_init__(self):
         if not self.model:
@@ -66,10 +71,29 @@ class Task:
             sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
+    def template_fields(self) -> Tuple[str, ...]:
+        """The record fields the template names ({a.b} and {a[0]} name field a)."""
+        names = []
+        for _, field, _, _ in string.Formatter().parse(self.template):
+            if field is not None:
+                root = re.split(r"[.\[]", field, maxsplit=1)[0]
+                if root not in names:
+                    names.append(root)
+        return tuple(names)
+
+    def fields_of(self, record: Record) -> Dict[str, Any]:
+        """What the template can use for `record`: its other input fields, the text
+        and id under their own input names too (--text-field body: {body}), and
+        {text}, {id}, {pack_key}."""
+        fields = dict(record.attrs)
+        fields[self.text_field] = record.text
+        fields[self.id_field] = record.record_id
+        fields.update(text=record.text, id=record.record_id, pack_key=record.pack_key)
+        return fields
+
     def render(self, record: Record) -> str:
         """The per-record prompt; raises TemplateError on a missing field."""
-        fields = dict(record.attrs)
-        fields.update(text=record.text, id=record.record_id, pack_key=record.pack_key)
+        fields = self.fields_of(record)
         try:
             return self.template.format_map(fields)
         except (KeyError, IndexError, AttributeError) as e:
@@ -81,7 +105,8 @@ class Task:
         return dataclasses.replace(self, **changes) if changes else self
 
 
-_KNOWN_KEYS = {f.name for f in dataclasses.fields(Task)} | {"instructions"}
+#: Keys of a task file (text_field/id_field come from the job's flags, not the file).
+_KNOWN_KEYS = ({f.name for f in dataclasses.fields(Task)} - {"text_field", "id_field"}) | {"instructions"}
 
 
 def load_task(path: str) -> Task:
@@ -104,4 +129,28 @@ def load_task(path: str) -> Task:
         data["system"] = data.pop("instructions")
     if "system" not in data:
         raise TaskError(f"task file {path}: 'instructions' (the system prompt) is required")
-    return Task(**data)
+    if data.get("output_schema") is not None:
+        check_output_schema(data["output_schema"], path)
+    try:
+        return Task(**data)
+    except TaskError as e:
+        raise TaskError(f"{path}: {str(e).removeprefix('task: ')}") from e
+
+
+def check_output_schema(schema: Any, path: str = "task") -> None:
+    """Check `schema` against the metaschema of its own draft ($schema, else
+    Draft 2020-12, as the answers are validated), so a `type: strng` fails when
+    the task is loaded, not on the first answer after paying for it. The message
+    names the file and the key path (output_schema.properties.score.type)."""
+    import jsonschema
+    from jsonschema.validators import validator_for
+
+    if not isinstance(schema, Mapping):
+        raise TaskError(f"{path}: output_schema must be a mapping (a JSON schema), "
+                        f"not {type(schema).__name__}")
+    try:
+        cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = ".".join(["output_schema", *(str(p) for p in e.absolute_path)])
+        raise TaskError(f"{path}: {where}: {e.message}") from e
