@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -48,7 +49,7 @@ class ClaudeOptions(PipelineOptions):
         job.add_argument("--run-date", dest="run_date", default=None,
                          help="Logical date of the run (YYYY-MM-DD, default today in UTC), for "
                               "schedulers: part of the default run id, and substituted for "
-                              "{run_date} in --output and --ledger (date-partitioned outputs).")
+                              "{run_date} in --input, --output and --ledger (date-partitioned paths).")
         job.add_argument("--run-id", dest="run_id", default=None,
                          help="Identifier of this run, in every row and in every custom_id. Default: "
                               "derived from the date, task, input and mode, so a rerun of the same "
@@ -293,6 +294,20 @@ def help_parser() -> argparse.ArgumentParser:
                "--region R --temp_location gs://B/tmp, or --direct_num_workers 2.")
     ClaudeOptions._add_argparse_args(parser)
     return parser
+
+
+#: Flags whose value may hold {run_date} (date-partitioned paths for schedulers).
+DATED_FLAGS = ("input", "output", "ledger")
+
+
+def apply_run_date(opts: ClaudeOptions) -> None:
+    """Substitute {run_date} (--run-date, default today in UTC) in --input,
+    --output and --ledger, in place, before anything reads them."""
+    day = opts.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    for name in DATED_FLAGS:
+        value = getattr(opts, name, None)
+        if value and "{run_date}" in value:
+            setattr(opts, name, value.replace("{run_date}", day))
 
 
 def validate(opts: ClaudeOptions) -> None:

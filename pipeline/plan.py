@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem
+from pipeline.options import ClaudeOptions, apply_run_date, help_parser, unknown_flags_problem
 from transforms.api.costs import PriceError
 from transforms.planning import (Plan, budget_problem, choose_mode, format_duration, plan,
                                  render_plan, validate_plan_options)
@@ -49,6 +49,7 @@ def plan_command(argv: List[str], out=None, err=None) -> int:
     try:
         if not opts.task or not opts.input:
             raise ValueError("--task and --input are required")
+        apply_run_date(opts)
         backend.check_backend(opts, os.environ)
         deadline_s = validate_plan_options(opts)
     except ValueError as e:

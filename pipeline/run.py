@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import summary as summary_mod
 from pipeline.build import Job, build, resolve_job
 from pipeline import backend
-from pipeline.options import ClaudeOptions, help_parser, unknown_flags_problem, validate
+from pipeline.options import ClaudeOptions, apply_run_date, help_parser, unknown_flags_problem, validate
 from transforms.api.client import API_KEY_ENV
 from transforms.api.costs import PriceError
 from transforms.progress import ProgressLine
@@ -218,6 +218,7 @@ def run(argv: List[str]) -> int:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     try:
         validate(opts)
+        apply_run_date(opts)
         backend.check_backend(opts, os.environ)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
