@@ -18,6 +18,7 @@ Exit codes of `python -m pipeline` (pipeline/run.py):
     1  the job failed             -> task fails; Airflow retries it (safe: the
                                      ledger makes a rerun reuse its batches)
     2  bad usage (flag, task file, input) -> fails at once, no retry
+    3  the plan is over --max-cost-usd; nothing was sent -> fails at once, no retry
     130 aborted (SIGTERM/Ctrl-C)  -> fails; retried like 1
 
 The DAG file imports nothing of the pipeline (Airflow parses DAG files often
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_OVER_BUDGET = 3
 EXIT_PENDING = 75
 EXIT_ABORTED = 130
 
@@ -109,6 +111,9 @@ def _raise_for(stage: str, code: int) -> None:
     if code == EXIT_USAGE:
         # a flag, the task file or the input is wrong: retrying cannot help
         raise AirflowFailException(f"{stage}: bad usage (exit 2); fix the DAG's flags or the task file")
+    if code == EXIT_OVER_BUDGET:
+        # the same input and budget plan the same: retrying cannot help either
+        raise AirflowFailException(f"{stage}: over --max-cost-usd (exit 3); nothing was sent")
     raise RuntimeError(f"{stage} failed with exit code {code}")
 
 

@@ -516,7 +516,7 @@ def _fake_cli(tmp_path):
     return str(script)
 
 
-@pytest.mark.parametrize("code, collect_returns", [(0, True), (75, False), (1, RuntimeError), (2, _StubFail),
+@pytest.mark.parametrize("code, collect_returns", [(0, True), (75, False), (1, RuntimeError), (2, _StubFail), (3, _StubFail),
                                                    (130, RuntimeError)])
 def test_dag_turns_exit_codes_into_airflow_outcomes(dag_module, tmp_path, monkeypatch, code, collect_returns):
     monkeypatch.setattr(dag_module, "PYTHON", _fake_cli(tmp_path))
@@ -534,7 +534,7 @@ def test_dag_turns_exit_codes_into_airflow_outcomes(dag_module, tmp_path, monkey
     if code == 0:
         assert dag_module.submit(ds="2026-11-25") is None
     else:
-        with pytest.raises(_StubFail if code == 2 else RuntimeError):
+        with pytest.raises(_StubFail if code in (2, 3) else RuntimeError):
             dag_module.submit(ds="2026-11-25")
 
 
