@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -257,6 +258,10 @@ def run(argv: List[str]) -> int:
                 return stop
         try:
             job = resolve_job(opts, api_base, local, runner_supports_id_label="Direct" not in runner)
+            if local and not opts.ledger and job.process.ledger is not None:
+                # The in-process emulator's ledger holds full prompts (customer
+                # text) and means nothing once the emulator stops: never left behind.
+                stack.callback(shutil.rmtree, job.process.ledger.path, ignore_errors=True)
             _check_paths(job, opts.overwrite)
         except (ValueError, TaskError, PriceError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)

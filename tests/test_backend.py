@@ -69,3 +69,24 @@ def test_a_real_endpoint_is_written_as_given(emu, api_env, tmp_path):
                 "--api-base", emu.base_url]) == EXIT_OK
     results, dead = read_output(str(out))
     assert [r["api_base"] for r in results] == [emu.base_url] and dead == []
+
+
+def test_a_local_batch_run_leaves_no_customer_text_in_the_temp_dir(no_key, tmp_path, monkeypatch):
+    """The bundled emulator's temporary ledger (full prompts) is removed when the run ends."""
+    import tempfile
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    small = tmp_path / "in.jsonl"
+    with open(SAMPLE, encoding="utf-8") as f:
+        small.write_text("".join(f.readlines()[:5]), encoding="utf-8")
+    assert run(["--task", TASK, "--input", str(small), "--output", str(tmp_path / "out"), "--mode", "batch",
+                "--api-base", "local", "--poll-interval-s", "0.05"]) == EXIT_OK
+    leftovers = [p.name for p in tmp.iterdir() if p.name.startswith("claude-ledger-")]
+    assert leftovers == []
+    texts = [line.split('"text": "', 1)[1][:40] for line in small.read_text(encoding="utf-8").splitlines()]
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes().decode("utf-8", "replace")
+            assert not any(t in content for t in texts), path
