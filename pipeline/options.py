@@ -132,7 +132,9 @@ class ClaudeOptions(PipelineOptions):
                            help="all: create, wait and write results in one job. submit: create "
                                 "and record the batches, then exit (no worker waits for hours). "
                                 "collect: write the results of the run's ended batches; batches "
-                                "still running are left for the next collect (exit code 75).")
+                                "still running are left for the next collect (exit code 75); a run "
+                                "that was never submitted exits 2; one already collected exits 0 "
+                                "and writes nothing.")
         batch.add_argument("--no-cancel-on-abort", dest="cancel_on_abort", action="store_false",
                            default=True,
                            help="On Ctrl-C or SIGTERM, leave this run's batches running (default: "

@@ -271,8 +271,13 @@ def run(argv: List[str]) -> int:
         if job.lifecycle == "collect":
             open_batches = _open_batches(job)
             if not open_batches:
-                print(f"nothing to collect for run {job.run_id}: no batch is waiting in "
-                      f"{job.process.ledger.path}")
+                if job.process.ledger.open().read_manifest(job.run_id) is None:
+                    print(f"error: run {job.run_id} was never submitted to {job.process.ledger.path}: "
+                          "run the same flags with --lifecycle submit first (or check --run-date, "
+                          "--run-id and --ledger, which name the run)", file=sys.stderr)
+                    return EXIT_USAGE
+                print(f"run {job.run_id}: every batch was already collected; its rows are under "
+                      f"{job.output}: nothing to do")
                 return EXIT_OK
         started = time.monotonic()
         if job.streaming:
@@ -319,6 +324,7 @@ def run(argv: List[str]) -> int:
             counters["records_read"] = manifest.get("records_read", counters.get("records_read", 0))
         summary = summary_mod.summarize(job.output, job.run_id, job.mode, counters,
                                         time.monotonic() - started)
+        summary["batches_pending"] = counters.get("batches_pending", 0)
         if the_plan is not None:
             summary["plan"] = the_plan.to_dict()
         path = summary_mod.write(summary, job.output)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bench import datagen
-from pipeline.run import EXIT_OK, EXIT_PENDING, run
+from pipeline.run import EXIT_OK, EXIT_PENDING, EXIT_USAGE, run
 from tests.conftest import assert_one_in_one_out, read_output
 from transforms.batches import ledger as ledger_mod
 
@@ -58,14 +58,21 @@ def test_rerun_reuses_batches_and_pays_nothing_twice(emu_reset, api_env, tmp_pat
     assert len(results) == 60
 
 
-def test_submit_then_collect(emu_reset, api_env, tmp_path, data):
+def test_submit_then_collect(emu_reset, api_env, tmp_path, data, capsys):
     out = tmp_path / "out"
     emu_reset.configure(batch_delay_s=8.0)
+    # collect before any submit: said plainly, exit 2, nothing created
+    assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_USAGE
+    assert "was never submitted" in capsys.readouterr().err
+    assert emu_reset.stats()["batches_created"] == 0
     assert run(_args(emu_reset, data, out, "--lifecycle", "submit")) == EXIT_OK
     assert emu_reset.stats()["batches_created"] == 1
     assert not glob.glob(str(out / "results" / "*.parquet")) or not read_output(str(out))[0]
     # too early: the batch is still running; nothing is lost, collect later
+    capsys.readouterr()
     assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_PENDING
+    early = capsys.readouterr()
+    assert "still running" in early.out and "NO" not in early.out  # pending is not a broken promise
     batch_id = next(ledger_mod.open_ledger(str(out / "_ledger")).list(run_id="lifecycle-test")).batch_id
     deadline = time.monotonic() + 30
     while emu_reset.batch_status(batch_id) != "ended":
@@ -75,8 +82,10 @@ def test_submit_then_collect(emu_reset, api_env, tmp_path, data):
     results, dead = read_output(str(out))
     assert_one_in_one_out(str(data), results, dead)
     files = sorted(glob.glob(str(out / "results" / "*.parquet")))
-    # a second collect writes nothing twice
+    # a second collect writes nothing twice, and says everything was collected
+    capsys.readouterr()
     assert run(_args(emu_reset, data, out, "--lifecycle", "collect")) == EXIT_OK
+    assert "already collected" in capsys.readouterr().out
     assert sorted(glob.glob(str(out / "results" / "*.parquet"))) == files
     ledger = ledger_mod.open_ledger(str(out / "_ledger"))
     states = [e.state for e in ledger.list(run_id="lifecycle-test")]
