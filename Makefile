@@ -8,7 +8,7 @@ OUT ?= out/sample
 # subprocesses and pip rather than compute (6.5 min here vs 9 with 2).
 TEST_WORKERS ?= 3
 
-.PHONY: run test test-fast test-slow stream-demo venv bench clean
+.PHONY: run test test-fast test-slow system-deps stream-demo venv bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ run: $(STAMP)
 	$(PY) -m pipeline --task samples/sentiment.yaml --input samples/emails.jsonl \
 	  --output $(OUT) --overwrite --pack-key-field customer_id --mode batch --api-base local
 
+## Redis and Chromium for the tests: installed when missing (as root), else
+## stops with the command that installs them.
+system-deps:
+	bash .ci/system-deps
+
 ## Run the whole test suite, the two `slow` tests included (a fresh venv from
 ## the wheel, a real Airflow install), on $(TEST_WORKERS) pytest workers, because most tests
 ## wait on emulators and subprocesses. Under 10 minutes on 2 cores.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 ## The suite without the two pip-installing tests, for quick iterations.
