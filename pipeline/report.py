@@ -114,12 +114,16 @@ def savings_vs_sync(summary: Mapping[str, Any]) -> Tuple[Optional[float], Option
         from transforms.api.costs import load_prices
         listed = cost / load_prices().batch_discount
         return listed - cost, (listed - cost) / listed, "vs sync: the same requests at list prices"
-    if plan and "sync" in plan["modes"]:
-        sync = float(plan["modes"]["sync"]["cost_usd"])
-        if summary.get("mode") == "sync":
-            sync = cost
+    if plan and "sync" in plan["modes"] and summary.get("mode") != "sync":
+        # The plan priced every record; only the records answered count, so a
+        # run stopped by its budget does not claim savings on work it never did.
+        planned = plan["modes"]["sync"]
+        answered = int(summary.get("results") or 0)
+        per_record = float(planned["cost_usd"]) / planned["records"] if planned.get("records") else 0.0
+        sync = per_record * answered
         if sync > 0:
-            return sync - cost, (sync - cost) / sync, "vs sync at list prices (planned)"
+            return (sync - cost, (sync - cost) / sync,
+                    f"vs sync as planned (not measured) for the {answered:,} records answered")
     if summary.get("mode") == "sync":
         return 0.0, 0.0, "this run is the sync baseline"
     if summary.get("mode") in BATCH_MODES:

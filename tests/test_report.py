@@ -242,3 +242,16 @@ def test_timeline_epochs_of_a_timestamp_column_equal_datetime_timestamps():
         column = pa.array([v if v is None or typ.tz else v and v.replace(tzinfo=None) for v in values], type=typ)
         assert _epochs(column) == [_epoch(v) for v in column.to_pylist() if v is not None]
     assert _epochs(pa.array(["2026-01-01T00:00:00Z", None])) == [_epoch("2026-01-01T00:00:00Z")]
+
+
+def test_planned_savings_count_only_the_records_answered():
+    """A packed run stopped by its budget after 100 of 1,000 records claims
+    savings on those 100 only, and says the baseline is planned, not measured."""
+    plan = {"modes": {"sync": {"cost_usd": 10.0, "records": 1000}}}
+    summary = dict(SUMMARY, mode="packed", results=100, cost_usd=0.4, plan=plan)
+    saved, frac, versus = R.savings_vs_sync(summary)
+    # by hand: sync would have cost 10.0 / 1000 * 100 = 1.0 for the 100 answered
+    assert saved == pytest.approx(0.6) and frac == pytest.approx(0.6)
+    assert "planned" in versus and "100 records answered" in versus
+    nothing = dict(summary, results=0, cost_usd=0.0)
+    assert R.savings_vs_sync(nothing)[0] is None
