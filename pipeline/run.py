@@ -286,7 +286,7 @@ def run(argv: List[str]) -> int:
         p = beam.Pipeline(options=options)
         build(p, job, open_batches)
         try:
-            with _abort_on_signals(), ProgressLine():
+            with _abort_on_signals(), ProgressLine(total=the_plan.records if the_plan else None):
                 result = p.run()
                 if options.view_as(StandardOptions).no_wait_until_finish:
                     # A Flex Template launcher must not wait for the job it starts.
