@@ -348,27 +348,72 @@ def throughput_chart(times: Sequence[Any], start: Optional[float] = None) -> str
 def dead_letter_chart(reasons: Mapping[str, int]) -> str:
     """One horizontal bar per dead-letter reason, largest first."""
     items = sorted(((k, int(v)) for k, v in (reasons or {}).items() if v), key=lambda kv: (-kv[1], kv[0]))
-    width, left, right, bar_h, gap, top = 560, 150, 50, 18, 7, 6
+    return hbar_chart("chart-dead", "Dead letters by reason", items, "dead",
+                      "no dead letters: every record has a result")
+
+
+def hbar_chart(chart_id: str, label: str, items: Sequence[Tuple[str, int]], cls: str, empty: str) -> str:
+    """Horizontal bars, one per (label, count), in the order given. Labels get
+    the room their longest one needs, so none is clipped."""
+    items = [(str(k), int(v)) for k, v in items]
     if not items:
-        return ('<svg id="chart-dead" viewBox="0 0 560 60" role="img" aria-label="Dead letters by reason">'
-                '<text x="280" y="34" text-anchor="middle" fill="#15803d">no dead letters: every record '
-                'has a result</text></svg>')
+        return (f'<svg id="{_e(chart_id)}" viewBox="0 0 560 60" role="img" aria-label="{_e(label)}">'
+                f'<text x="280" y="34" text-anchor="middle" fill="#15803d">{_e(empty)}</text></svg>')
+    left = min(320, 24 + 7 * max(len(k) for k, _ in items))  # ~7 px per character at 12 px
+    width, right, bar_h, gap, top = 560 + max(0, left - 150), 50, 18, 7, 6
     height = top + len(items) * (bar_h + gap) + 20
     plot = width - left - right
-    x_max = _ticks(items[0][1], integer=True)[0]
-    parts = [f'<svg id="chart-dead" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="Dead letters by reason">']
+    x_max = _ticks(max(v for _, v in items) or 1, integer=True)[0]
+    parts = [f'<svg id="{_e(chart_id)}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">']
     y = top
-    for reason, n in items:
+    for key, n in items:
         w = max(1.5, plot * n / x_max)
-        parts.append(f'<text x="{left - 10}" y="{y + bar_h / 2 + 4:.1f}" text-anchor="end">{_e(reason)}</text>')
-        parts.append(f'<rect class="bar dead" data-reason="{_e(reason)}" x="{left}" y="{y}" '
-                     f'width="{w:.1f}" height="{bar_h}" rx="3"><title>{_e(reason)}: {n:,}</title></rect>')
+        parts.append(f'<text x="{left - 10}" y="{y + bar_h / 2 + 4:.1f}" text-anchor="end">{_e(key)}</text>')
+        parts.append(f'<rect class="bar {cls}" data-reason="{_e(key)}" x="{left}" y="{y}" '
+                     f'width="{w:.1f}" height="{bar_h}" rx="3"><title>{_e(key)}: {n:,}</title></rect>')
         parts.append(f'<text class="value" x="{left + w + 6:.1f}" y="{y + bar_h / 2 + 4:.1f}">{n:,}</text>')
         y += bar_h + gap
     parts.append(f'<line class="axis" x1="{left}" y1="{top - 2}" x2="{left}" y2="{height - 14}"/>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def answers_panels(answers: Mapping[str, Any]) -> str:
+    """Panels for what the answers say: each short field's values, each
+    number's histogram (or its range), the injection flags, dead-letter examples."""
+    panels = []
+    for name, values in (answers.get("values") or {}).items():
+        panels.append(f'<div class="panel"><h2>Answers: {_e(name)}</h2>'
+                      + hbar_chart(f"chart-answer-{name}", f"Answers: {name}", list(values.items()), "tp",
+                                   "no answer") + "</div>")
+    for name, s in (answers.get("numbers") or {}).items():
+        hist = s.get("histogram")
+        if hist:
+            step = (hist["high"] - hist["low"]) / len(hist["counts"])
+            items = [(f"{hist['low'] + i * step:.2g} to {hist['low'] + (i + 1) * step:.2g}", n)
+                     for i, n in enumerate(hist["counts"])]
+            body = hbar_chart(f"chart-answer-{name}", f"Answers: {name}", items, "tp", "no answer")
+        else:
+            body = ""
+        panels.append(f'<div class="panel"><h2>Answers: {_e(name)}</h2>{body}<p class="small muted">'
+                      f'{s["count"]:,} answers, mean {s["mean"]:,.2f}, min {s["min"]:,.2f}, max {s["max"]:,.2f}'
+                      '</p></div>')
+    injection = answers.get("injection") or {}
+    flagged = int(injection.get("flagged_records") or 0)
+    panels.append('<div class="panel"><h2>Injection flags</h2>'
+                  + hbar_chart("chart-injection", "Injection flags by pattern",
+                               list((injection.get("by_pattern") or {}).items()), "dead",
+                               "no record matched an injection pattern")
+                  + f'<p class="small muted">{flagged:,} answered records matched a pattern '
+                    '(<code>injection_flags</code> in <code>results/</code>).</p></div>')
+    examples = answers.get("dead_letter_examples") or {}
+    if examples:
+        rows = "".join(f"<tr><td>{_e(reason)}</td><td><code>{_e(ex.get('record_id') or '(no id)')}</code></td>"
+                       f"<td style=\"text-align:left\">{_e(ex.get('error_message', ''))}</td></tr>"
+                       for reason, exs in examples.items() for ex in exs)
+        panels.append('<div class="panel wide"><h2>Dead letters: examples</h2><table><thead><tr><th>reason'
+                      f'</th><th>record</th><th style="text-align:left">message</th></tr></thead><tbody>{rows}</tbody></table></div>')
+    return "".join(panels)
 
 
 # ---------------------------------------------------------------------------
@@ -447,7 +492,9 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
     tp_note = ('<p class="small muted" style="margin:-6px 0 8px">Message Batches return every result '
                'of a batch when it ends: the wait, then a step per batch.</p>'
                if mode in BATCH_MODES else "")
-    model = f" &middot; {_e(plan['model'])}" if plan and plan.get("model") else ""
+    model = summary.get("model") or (plan or {}).get("model")
+    model = f" &middot; {_e(model)}" if model else ""
+    origin = " &middot; ".join(f"{k} <code>{_e(summary[k])}</code>" for k in ("task", "input") if summary.get(k))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -456,7 +503,8 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
 <body><main>
 <header><h1>Run report</h1><span class="badge">{_e(mode)}</span>
 <span class="badge {'ok' if ok else 'bad'}">{'one in, one out' if ok else 'ROWS MISSING OR REPEATED'}</span>
-<span class="muted">{_e(summary.get('run_id', ''))}{model} &middot; generated {created}</span></header>
+<span class="muted">{_e(summary.get('run_id', ''))}{model} &middot; generated {created}</span>
+<p class="small muted">{origin}</p></header>
 <section class="cards">{''.join(cards)}</section>
 <section class="grid">
 <div class="panel"><h2>Cost per mode</h2>{cost_chart(summary)}{legend}</div>
@@ -465,6 +513,7 @@ def render_report(summary: Mapping[str, Any], timeline: Optional[Sequence[Any]] 
 <code>dead_letter/</code>.</p></div>
 <div class="panel wide"><h2>Throughput over time</h2>{tp_note}{throughput_chart(times, _epoch(started))}</div>
 <div class="panel wide"><h2>Tokens and cost</h2>{_tokens_table(summary)}</div>
+{answers_panels(summary.get("answers") or {})}
 </section>
 <footer>Output: <code>{_e(summary.get('output', ''))}/results</code>,
 <code>{_e(summary.get('output', ''))}/dead_letter</code>, <code>summary.json</code>.

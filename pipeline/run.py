@@ -323,7 +323,8 @@ def run(argv: List[str]) -> int:
             manifest = job.process.ledger.open().read_manifest(job.run_id) or {}
             counters["records_read"] = manifest.get("records_read", counters.get("records_read", 0))
         summary = summary_mod.summarize(job.output, job.run_id, job.mode, counters,
-                                        time.monotonic() - started)
+                                        time.monotonic() - started, job.task.output_schema)
+        summary.update(model=job.task.model, task=opts.task, input=job.input)
         summary["batches_pending"] = counters.get("batches_pending", 0)
         if the_plan is not None:
             summary["plan"] = the_plan.to_dict()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import collections
 import json
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.profile import AnswerProfile
 from transforms.modes import MESSAGES_MODES
 
 #: Beam counters shown in the summary: (label, counter name).
@@ -34,24 +35,33 @@ def _iter_batches(directory: str, columns):
 
 
 def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
-              wall_s: float) -> Dict[str, Any]:
+              wall_s: float, output_schema: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     totals = collections.Counter()
     results = 0
     ids = collections.Counter()
-    for batch in _iter_batches(f"{output}/results", ("record_id",) + _SUM_COLUMNS):
+    profile = AnswerProfile(output_schema)
+    for batch in _iter_batches(f"{output}/results",
+                               ("record_id", "output_json", "injection_flags") + _SUM_COLUMNS):
         results += batch.num_rows
         cols = batch.to_pydict()
         ids.update(cols["record_id"])
         for col in _SUM_COLUMNS:
             totals[col] += sum(v or 0 for v in cols[col])
+        for answer, flags in zip(cols["output_json"], cols["injection_flags"]):
+            if answer is not None:
+                profile.add_output(answer)
+            profile.add_flags(flags)
     reasons = collections.Counter()
     dead = 0
-    for batch in _iter_batches(f"{output}/dead_letter", ("record_id", "error_type") + _SUM_COLUMNS):
+    for batch in _iter_batches(f"{output}/dead_letter",
+                               ("record_id", "error_type", "error_message") + _SUM_COLUMNS):
         dead += batch.num_rows
         cols = batch.to_pydict()
         for col in _SUM_COLUMNS:  # a dead letter may have consumed tokens before it failed
             totals[col] += sum(v or 0 for v in cols[col])
         reasons.update(cols["error_type"])
+        for record_id, reason, message in zip(cols["record_id"], cols["error_type"], cols["error_message"]):
+            profile.add_dead(record_id, reason, message)
         # A duplicate's row repeats the id of the record that won, by design.
         ids.update(i for i, why in zip(cols["record_id"], cols["error_type"])
                    if i is not None and why != "duplicate_id")
@@ -82,6 +92,7 @@ def summarize(output: str, run_id: str, mode: str, metrics: Mapping[str, int],
         "metrics": dict(sorted(metrics.items())),
         "wall_time_s": round(wall_s, 2),
         "output": output,
+        "answers": profile.to_dict(),
     }
 
 
@@ -110,9 +121,30 @@ def render(summary: Mapping[str, Any]) -> str:
               "  API             " + (", ".join(
                   f"{k} {v / 1000 if k == 'throttled_s' else v:,.0f}" for k, v in summary.get("api", {}).items()
                   if v) or "-"),
+              *_answer_lines(summary),
               f"  wall time       {summary['wall_time_s']:>9.1f}s",
               f"  output          {summary['output']}/results, {summary['output']}/dead_letter"]
     return "\n".join(lines)
+
+
+def _answer_lines(summary: Mapping[str, Any]) -> List[str]:
+    """Injection flags, what the answers say, and a dead letter or two per reason."""
+    answers = summary.get("answers") or {}
+    lines = []
+    injection = answers.get("injection") or {}
+    if injection.get("flagged_records"):
+        top = ", ".join(f"{k} {v:,}" for k, v in list(injection["by_pattern"].items())[:4])
+        lines.append(f"  injection flags {injection['flagged_records']:>10,} records  ({top})")
+    for name, values in (answers.get("values") or {}).items():
+        shown = ", ".join(f"{v} {n:,}" for v, n in list(values.items())[:6])
+        lines.append(f"  answers.{name:<8} {shown}")
+    for name, s in (answers.get("numbers") or {}).items():
+        lines.append(f"  answers.{name:<8} mean {s['mean']:,.2f}, min {s['min']:,.2f}, max {s['max']:,.2f} "
+                     f"({s['count']:,})")
+    for reason, examples in (answers.get("dead_letter_examples") or {}).items():
+        first = examples[0]
+        lines.append(f"  e.g. {reason:<18} {first.get('record_id') or '(no id)'}: {first['error_message'][:70]}")
+    return lines
 
 
 def _shed_lines(summary: Mapping[str, Any]):

@@ -75,7 +75,7 @@ SUMMARY = {
 def test_report_without_plan_or_timeline():
     page = R.render_report(SUMMARY, [])
     svg = _parse(page)
-    assert set(svg.charts) == {"chart-cost", "chart-dead", "chart-throughput"}
+    assert set(svg.charts) == {"chart-cost", "chart-dead", "chart-throughput", "chart-injection"}
     assert len(_bars(svg.charts["chart-cost"], "actual")) == 1
     assert len(_bars(svg.charts["chart-dead"])) == 3
     assert not _bars(svg.charts["chart-throughput"])
