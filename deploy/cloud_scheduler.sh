@@ -11,7 +11,7 @@
 #                       is mapped to success: the next tick collects the rest
 #
 # Why Cloud Run jobs and not Scheduler -> flexTemplates.launch: the CLI's exit
-# codes (0/1/2/75) only exist where the CLI runs, and `python -m pipeline` waits
+# codes (0/1/2/3/75) only exist where the CLI runs, and `python -m pipeline` waits
 # for its Dataflow job and then writes summary.json (a Flex Template launcher
 # must not wait). Usage: edit the variables, then `bash deploy/cloud_scheduler.sh`.
 set -euo pipefail
@@ -43,10 +43,13 @@ JOB_FLAGS=(
 )
 
 # What a Cloud Run job of one stage runs (`sh -c SCRIPT sh JOB_FLAGS...`):
-# today's date in UTC as --run-date, and exit 75 ("batches still running")
-# turned into success, since the next scheduled collect picks them up.
+# today's date in UTC as --run-date (RUN_DATE=YYYY-MM-DD overrides it, for a
+# night whose batches outlived the collect window:
+#   gcloud run jobs execute claude-beam-collect --update-env-vars RUN_DATE=2026-11-25),
+# and exit 75 ("batches still running") turned into success, since the next
+# scheduled collect picks them up.
 stage_script() {  # $1: submit | collect
-  printf '%s' "python -m pipeline \"\$@\" --run-date \"\$(date -u +%F)\" --lifecycle $1; rc=\$?;"
+  printf '%s' "python -m pipeline \"\$@\" --run-date \"\${RUN_DATE:-\$(date -u +%F)}\" --lifecycle $1; rc=\$?;"
   printf '%s' " if [ \"\$rc\" -eq 75 ]; then echo 'batches still running: the next run collects them'; exit 0; fi;"
   printf '%s' " exit \"\$rc\""
 }
