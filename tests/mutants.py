@@ -279,7 +279,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         took = f"{time.monotonic() - t0:.0f}s"
         if code == 1 and failed:
             rows.append((str(n), d.name, ", ".join(short(t) for t, _ in failed), f"yes ({took})"))
-            whys.append(f"{n}. {d.path}: {clip(failed[0][1])}")
+            # the failing line (pytest marks it with ">"; the innermost one, in a helper if it is one)
+            lines = re.findall(r"^>\s+(.*\S)", out.rpartition("short test summary info")[0], re.MULTILINE)
+            where = f" (at: {lines[-1].strip()})" if lines else ""
+            whys.append(f"{n}. {d.path}: {clip(failed[0][1], 80)}{clip(where, 90)}")
         elif code is None:
             # pytest-timeout would fail it in CI too, but a hang is not the promise's own check
             rows.append((str(n), d.name, tests, f"NO: timed out after {TIMEOUT_S}s"))
