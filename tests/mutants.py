@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import re
 import shutil
@@ -134,7 +135,7 @@ def tracked_files() -> List[str]:
 
 def scratch_copy(files: Sequence[str]) -> str:
     """A fresh temporary copy of the tracked files, with the venv linked in."""
-    scratch = tempfile.mkdtemp(prefix="mutants-")
+    scratch = tempfile.mkdtemp(prefix=f"mutants-{os.getpid()}-")
     for rel in files:
         src = os.path.join(ROOT, rel)
         if not os.path.lexists(src):  # deleted in the working tree, not yet committed
@@ -308,5 +309,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if baseline_ok and caught == len(rows) else 1
 
 
+def _main_cleaning_up() -> int:
+    """main(), removing the scratch copies even when it fails (unless --keep)."""
+    try:
+        return main()
+    finally:
+        if "--keep" not in sys.argv:
+            for scratch in glob.glob(os.path.join(tempfile.gettempdir(), f"mutants-{os.getpid()}-*")):
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_cleaning_up())
