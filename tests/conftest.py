@@ -30,6 +30,16 @@ def emu():
 
 
 @pytest.fixture
+def clean_emu(emu):
+    """The session emulator reset, without faults, batch delays or expiry
+    (whatever an earlier test left)."""
+    emu.reset()
+    emu.configure(faults={}, batch_delay_s=0.0, batch_expire_after_s=None)
+    yield emu
+    emu.configure(faults={})
+
+
+@pytest.fixture
 def api_env(monkeypatch):
     """A key in the environment, as on a real worker (the emulator accepts any key)."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")

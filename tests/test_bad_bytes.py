@@ -125,14 +125,6 @@ def write_inputs(folder: Path):
     return expected
 
 
-@pytest.fixture
-def clean_emu(emu):
-    emu.reset()
-    emu.configure(faults={}, batch_delay_s=0.0, batch_expire_after_s=None)
-    yield emu
-    emu.configure(faults={})
-
-
 def _escaped(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 

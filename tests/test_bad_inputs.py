@@ -49,15 +49,6 @@ def corpus(tmp_path_factory):
     return path, expected, clean
 
 
-@pytest.fixture
-def clean_emu(emu):
-    """The session emulator without faults or batch delays (whatever an earlier test left)."""
-    emu.reset()
-    emu.configure(faults={}, batch_delay_s=0.0, batch_expire_after_s=None)
-    yield emu
-    emu.configure(faults={})
-
-
 def _run(emu, out: Path, mode: str, input_path: Path):
     args = ["--task", TASK, "--input", str(input_path), "--output", str(out), "--mode", mode,
             "--pack-key-field", "customer_id", "--api-base", emu.base_url,

@@ -28,14 +28,6 @@ def _run_mode(emu, tmp_path, mode, input_path=SAMPLE, *extra):
     return results, dead, json.loads((out / "summary.json").read_text())
 
 
-@pytest.fixture
-def clean_emu(emu):
-    emu.reset()
-    emu.configure(faults={})
-    yield emu
-    emu.configure(faults={})
-
-
 def test_all_modes_give_the_same_ids_and_answers(clean_emu, api_env, tmp_path):
     outputs = {}
     costs = {}
