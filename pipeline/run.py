@@ -302,7 +302,9 @@ def run(argv: List[str]) -> int:
             print(f"aborted by {e}", file=sys.stderr)
             if opts.cancel_on_abort and job.lifecycle == "all":
                 n = _cancel_run_batches(job)
-                print(f"cancelled {n} batch(es) of run {job.run_id}", file=sys.stderr)
+                print(f"cancelled {n} batch(es) of run {job.run_id}; to finish, run the same command "
+                      "again: what the API already answered is collected, and only the cancelled "
+                      "items are sent again (once)", file=sys.stderr)
             return EXIT_ABORTED
         if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
             print(f"error: pipeline ended in state {state}", file=sys.stderr)

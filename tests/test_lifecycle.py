@@ -145,6 +145,27 @@ def test_sigterm_cancels_the_runs_batches(emu_reset, tmp_path, data):
     assert emu_reset.batch_status(entries[0].batch_id) in ("canceling", "ended")
 
 
+def test_a_rerun_after_an_abort_finishes_the_job_and_pays_once(emu_reset, api_env, tmp_path, data):
+    """After Ctrl-C/SIGTERM cancelled the batch, the rerun with the same ledger
+    reuses it, resubmits only its cancelled items (once), and ends with every
+    record answered; nothing the API answered is sent again."""
+    out = tmp_path / "out"
+    emu_reset.configure(batch_delay_s=30.0)
+    proc = _spawn(emu_reset, data, out)
+    _wait_for_batch(emu_reset, proc, out)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output.decode()[-3000:]
+    emu_reset.configure(batch_delay_s=0.0)
+    assert run(_args(emu_reset, data, out, "--overwrite")) == EXIT_OK
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert dead == [] and len(results) == 60
+    stats = emu_reset.stats()
+    assert stats["batches_created"] == 2  # the cancelled one, then one resubmission of its cancelled items
+    assert stats["duplicates_billed"] == 0
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost raise, on purpose
 def test_a_signal_whose_raise_is_lost_in_an_ignored_callback_is_delivered_again():
     """The handler's _Aborted is ignored when it lands in a __del__ (or a weakref

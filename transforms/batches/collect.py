@@ -388,8 +388,9 @@ class Collector:
             inner = error.get("error", error)
             error_type = inner.get("type")
             message += f": {error_type or ''}: {inner.get('message', '')}"
-        if request.attempt == 1 and (kind == "expired" or error_type in _TRANSIENT_ERRORS):
-            # Not billed, not the record's fault: resubmitted once, in the next round.
+        if request.attempt == 1 and (kind in ("expired", "canceled") or error_type in _TRANSIENT_ERRORS):
+            # Not billed, not the record's fault (a cancel is our own abort, or
+            # the user's: rerunning means "finish it"): resubmitted once, in the next round.
             self._count("resubmitted_records", len(request.items))
             retries.append(request)
             return
