@@ -353,6 +353,12 @@ def validate(opts: ClaudeOptions) -> None:
                          f"route); in --mode {opts.mode} nothing waits on the rate limiter")
     if opts.lifecycle != "all" and opts.mode not in BATCH_MODES:
         raise ValueError("--lifecycle submit/collect needs --mode batch or packed-batch")
+    if opts.lifecycle != "all" and opts.api_base == LOCAL:
+        raise ValueError(f"--lifecycle {opts.lifecycle} cannot use --api-base {LOCAL}: the bundled emulator "
+                         "lives only as long as one command, so a later collect would find none of the "
+                         "submitted batches. To try the scheduler flow locally, start one in another "
+                         "terminal (python -m emulator --port 8787) and pass --api-base "
+                         "http://127.0.0.1:8787 to both submit and collect")
     if opts.run_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", opts.run_date):
         raise ValueError("--run-date must be YYYY-MM-DD")
     if opts.api_key_secret and not re.fullmatch(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+",

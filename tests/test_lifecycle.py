@@ -187,3 +187,13 @@ def test_a_signal_whose_raise_is_lost_in_an_ignored_callback_is_delivered_again(
                 time.sleep(0.01)
     assert time.monotonic() - started < 5
     assert signal.getsignal(signal.SIGTERM) == before  # the handler of before is back
+
+
+@pytest.mark.parametrize("stage", ["submit", "collect"])
+def test_submit_and_collect_refuse_the_short_lived_bundled_emulator(tmp_path, data, capsys, stage):
+    """A split lifecycle against `--api-base local` could never meet (each command
+    has its own emulator): refused before anything starts, with the way that works."""
+    code = run(["--task", TASK, "--input", str(data), "--output", str(tmp_path / "out"), "--mode", "batch",
+                "--api-base", "local", "--lifecycle", stage])
+    err = capsys.readouterr().err
+    assert code == 2 and "python -m emulator --port 8787" in err and "LOCAL EMULATOR" not in err
