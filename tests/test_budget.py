@@ -12,6 +12,23 @@ from tests.conftest import assert_one_in_one_out, read_output
 from transforms.api.budget import Budget
 
 
+#: claude-haiku-4-5's published prices, USD per million tokens, written here
+#: so the test prices what the API billed without the product's price table.
+HAIKU_45 = {"input_tokens": 1.00, "output_tokens": 5.00, "cache_creation_input_tokens": 1.25,
+            "cache_read_input_tokens": 0.10}
+#: The Message Batches discount.
+BATCH_PRICE = 0.5
+
+
+def billed_usd(stats) -> float:
+    """What the emulator billed (its own token counts), priced by the test."""
+    total = 0.0
+    for tier, share in (("standard", 1.0), ("batch", BATCH_PRICE)):
+        tokens = stats["tokens"].get(tier, {})
+        total += share * sum(tokens.get(k, 0) * usd for k, usd in HAIKU_45.items()) / 1e6
+    return total
+
+
 def test_budget_reserve_and_settle():
     b = Budget(1.0)
     assert b.reserve(0.6) and not b.reserve(0.5)
@@ -35,7 +52,10 @@ def test_run_stops_at_the_cap_with_nothing_lost(emu, api_env, tmp_path, mode, ca
     assert_one_in_one_out(str(data), results, dead)
     assert results, "the cap leaves room for some records"
     assert dead and {d["error_type"] for d in dead} == {"budget"}
-    spent = sum(r["cost_usd"] for r in results) + sum(d["cost_usd"] or 0 for d in dead)
-    assert spent <= cap
+    spent = billed_usd(emu.stats(items=False))
+    assert 0 < spent <= cap
+    # and the rows' own cost columns add up to what was billed
+    stamped = sum(r["cost_usd"] for r in results) + sum(d["cost_usd"] or 0 for d in dead)
+    assert stamped == pytest.approx(spent, rel=1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dead_letters_by_reason"] == {"budget": len(dead)}
