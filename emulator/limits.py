@@ -13,8 +13,8 @@ Limits run on real time (time_scale does not change them): set a high limit
 or a small bucket in tests.
 
 A limit left unset (None) is not enforced, but the headers still report one,
-as the API sends them on every answer: `default_rpm/itpm/otpm` (the API
-notes' lowest-tier example), tracked by a bucket that is charged like the
+as the API sends them on every answer: `default_rpm/itpm/otpm` (see
+emulator/config.py), tracked by a bucket that is charged like the
 others and never refuses, holding a minute's worth as the API's does.
 """
 from __future__ import annotations

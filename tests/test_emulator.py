@@ -531,19 +531,19 @@ def test_itpm_and_otpm_limits(client, srv):
 
 
 def test_default_rate_limit_headers_when_unlimited(client, srv):
-    """Without limits the headers still come, with the documented lowest-tier
-    limits, and nothing is refused (the defaults are reported, not enforced)."""
+    """Without limits the headers still come, with documented default limits
+    (emulator/config.py DEFAULT_*), and nothing is refused (the defaults are reported, not enforced)."""
     for _ in range(3):
         h = client.messages.with_raw_response.create(**params("x")).headers
-    assert h["anthropic-ratelimit-requests-limit"] == "1000"
+    assert h["anthropic-ratelimit-requests-limit"] == "4000"
     assert h["anthropic-ratelimit-input-tokens-limit"] == "2000000"
     assert h["anthropic-ratelimit-output-tokens-limit"] == "400000"
-    assert int(h["anthropic-ratelimit-requests-remaining"]) < 1000  # 3 taken, refilling
+    assert int(h["anthropic-ratelimit-requests-remaining"]) < 4000  # 3 taken, refilling
     assert srv.stats()["rate_limited"] == 0
     assert h["anthropic-ratelimit-tokens-reset"].endswith("Z")
-    srv.configure(default_rpm=4000)
+    srv.configure(default_rpm=8000)
     h = client.messages.with_raw_response.create(**params("x")).headers
-    assert h["anthropic-ratelimit-requests-limit"] == "4000"
+    assert h["anthropic-ratelimit-requests-limit"] == "8000"
 
 
 def test_latency_is_applied(client, srv):

@@ -245,7 +245,7 @@ def test_rate_limit_headers_on_every_route(client, srv):
         for kind in ("requests", "input-tokens", "output-tokens", "tokens"):
             for part in ("limit", "remaining", "reset"):
                 assert f"anthropic-ratelimit-{kind}-{part}" in raw.headers, (kind, part)
-    assert answers[0].headers["anthropic-ratelimit-requests-limit"] == "1000"
+    assert answers[0].headers["anthropic-ratelimit-requests-limit"] == "4000"
 
 
 def test_default_limits_are_reported_not_enforced(client, srv):
