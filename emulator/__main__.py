@@ -38,10 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-expire-after-s", type=float,
                     help="seconds (scaled) after which an unfinished batch ends with items expired "
                          "(default: never)")
-    ap.add_argument("--rpm", type=float, help="requests per minute per model (default: unlimited)")
+    ap.add_argument("--rpm", type=float,
+                    help="requests per minute per model (default: not enforced; the headers report "
+                         "a documented default limit)")
     ap.add_argument("--itpm", type=float,
-                    help="input tokens per minute per model, cache reads excluded (default: unlimited)")
-    ap.add_argument("--otpm", type=float, help="output tokens per minute per model (default: unlimited)")
+                    help="input tokens per minute per model, cache reads excluded (default: not "
+                         "enforced; the headers report a documented default limit)")
+    ap.add_argument("--otpm", type=float,
+                    help="output tokens per minute per model (default: not enforced; the headers "
+                         "report a documented default limit)")
     ap.add_argument("--bucket-capacity-s", type=float,
                     help=f"burst size of each bucket in seconds of refill (default {d.bucket_capacity_s})")
     ap.add_argument("--latency-ms", type=float,

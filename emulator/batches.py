@@ -373,7 +373,7 @@ class BatchStore:
         params, parsed = req.params, req.parsed
         req.params = req.parsed = None
         try:
-            validate_params(params, in_batch=True)
+            info = validate_params(params, in_batch=True, models=state.config.models)
         except ApiError as e:
             req.result = (ERRORED, e.etype, e.message)
             return
@@ -395,10 +395,16 @@ class BatchStore:
                 req.result = (ERRORED, etype, msg)
                 return
         engine: Engine = state.engine
-        if not parsed[0]:  # one record, the usual request: the same answer without the pack machinery
-            model, text, stop, usage, ids, answered = engine.answer_single(params, parsed[1][0], "batch")
-        else:
-            prep = engine.prepare(params, parsed)
+        try:
+            if not parsed[0]:  # one record, the usual request: the same answer without the pack machinery
+                model, text, stop, usage, ids, answered = engine.answer_single(params, parsed[1][0], "batch",
+                                                                               info)
+            else:
+                prep = engine.prepare(params, parsed, info)
+        except ApiError as e:  # a prompt past the context window
+            req.result = (ERRORED, e.etype, e.message)
+            return
+        if parsed[0]:
             answer, usage = engine.complete(prep, "batch")
             model, text, stop, ids, answered = prep.model, answer.text, answer.stop_reason, prep.ids, \
                 answer.answered_ids

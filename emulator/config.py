@@ -10,11 +10,20 @@ import dataclasses
 import json
 from typing import Any, Dict, Mapping, Optional
 
+from emulator import models as model_table
 from emulator.faults import FaultSet
 
 #: The real API's limits on one Message Batch.
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
+#: Limits reported in the anthropic-ratelimit-* headers when rpm/itpm/otpm are
+#: not set. ITPM/OTPM: the API notes' example (anthropic-api.md §4). RPM: 4,000,
+#: the published Tier 4 requests limit, not the notes' lowest-tier 1,000: at
+#: 1,000 the product's limiter (which learns these headers) paced the end-to-end
+#: tests to twice their time (tests/test_modes.py: 36 s instead of 17 s).
+DEFAULT_RPM = 4_000
+DEFAULT_ITPM = 2_000_000
+DEFAULT_OTPM = 400_000
 #: Keys a faults mapping may hold that are really config fields.
 BATCH_LEVEL_FAULTS = {"batch_delay_s", "batch_expire_after_s"}
 
@@ -31,13 +40,18 @@ class EmulatorConfig:
                            its items are processed evenly over that time.
     batch_expire_after_s:  *scaled*; None = never. A batch still processing then
                            ends with its unprocessed items `expired`.
-    rpm, itpm, otpm:       per-model rate limits (None = unlimited), enforced as
+    rpm, itpm, otpm:       per-model rate limits (None = not enforced), enforced as
                            continuously refilling token buckets.
+    default_rpm, default_itpm, default_otpm: the limits the anthropic-ratelimit-*
+                           headers report for a limit left at None (not enforced:
+                           the headers are sent on every answer, as the API does).
     bucket_capacity_s:     bucket size in seconds of refill (1.0 = limit/60 burst).
     model_limits:          per-model overrides {model: {"rpm":..,"itpm":..,"otpm":..}}.
     latency_ms:            *scaled* time to first token of a Messages call.
     output_tokens_per_s:   *scaled* generation speed; None = instant.
     min_cacheable_tokens:  shortest system prefix that prompt caching stores.
+    models:                additions/overrides of the model table (emulator.models):
+                           {id: {"min_cacheable_tokens", "context_window", "max_output_tokens"}}.
     api_keys:              accepted keys; None = any non-empty key.
     max_batch_requests, max_batch_bytes: the real per-batch limits.
     faults:                {fault_name: spec}; see emulator.faults.
@@ -54,9 +68,13 @@ class EmulatorConfig:
     otpm: Optional[float] = None
     bucket_capacity_s: float = 1.0
     model_limits: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)
+    default_rpm: float = DEFAULT_RPM
+    default_itpm: float = DEFAULT_ITPM
+    default_otpm: float = DEFAULT_OTPM
     latency_ms: float = 0.0
     output_tokens_per_s: Optional[float] = None
     min_cacheable_tokens: int = 1024
+    models: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
     api_keys: Optional[list] = None
     max_batch_requests: int = MAX_BATCH_REQUESTS
     max_batch_bytes: int = MAX_BATCH_BYTES
@@ -84,6 +102,10 @@ class EmulatorConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or None")
+        for name in ("default_rpm", "default_itpm", "default_otpm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        model_table.check_overrides(self.models)
         if self.bucket_capacity_s <= 0:
             raise ValueError("bucket_capacity_s must be > 0")
         if self.output_tokens_per_s is not None and self.output_tokens_per_s <= 0:

@@ -9,6 +9,8 @@ import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from emulator import answers, prompts
+from emulator import models as model_table
+from emulator.models import ModelInfo
 from emulator.cache import Breakpoints, CachePlan
 from emulator.memo import IdentityMemo
 from emulator.tokenizer import messages_tokens, shared_request_tokens
@@ -32,18 +34,43 @@ def invalid(message: str) -> ApiError:
 #: The last output_config found valid: a batch's requests share one object, checked once.
 _valid_output_config: List[Any] = [None]
 
+#: Top-level fields of a Messages body (the API's and SDK 2.14's MessageCreateParams;
+#: `stream` is known, and refused below). No temperature/top_p/top_k: the API notes
+#: (and SDK 2.14) have none, so they are extra inputs like any other unknown field.
+MESSAGES_FIELDS = frozenset((
+    "model", "max_tokens", "messages", "system", "stop_sequences", "metadata", "tools", "tool_choice",
+    "thinking", "service_tier", "cache_control", "output_config", "container", "diagnostics",
+    "inference_geo", "speed", "stream"))
+#: Those of a count_tokens body (MessageCountTokensParams): no max_tokens, metadata,
+#: stop_sequences, service_tier, stream...
+COUNT_TOKENS_FIELDS = frozenset((
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "output_config",
+    "speed"))
+
+
+def not_found_model(model: str) -> ApiError:
+    return ApiError(404, "not_found_error", f"model: {model}")
+
 
 def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool = False,
-                    prefix: str = "") -> None:
-    """Raise ApiError(400) with a pydantic-style message for a bad request body."""
+                    prefix: str = "", models: Optional[Mapping[str, Any]] = None) -> ModelInfo:
+    """Raise ApiError with a pydantic-style message for a bad request body, as the
+    API does: 400 invalid_request_error, or 404 not_found_error for an unknown
+    model. Returns the model's entry of the table (emulator.models); `models` is
+    the config's additions to it."""
     if not isinstance(params, dict):
         raise invalid(f"{prefix or 'body'}: Input should be a valid dictionary")
     p = prefix
+    fields = COUNT_TOKENS_FIELDS if count_tokens else MESSAGES_FIELDS
+    if not fields.issuperset(params):
+        extra = next(k for k in params if k not in fields)
+        raise invalid(f"{p}{extra}: Extra inputs are not permitted")
     model = params.get("model")
     if model is None:
         raise invalid(f"{p}model: Field required")
     if not isinstance(model, str) or not model:
         raise invalid(f"{p}model: Input should be a valid non-empty string")
+    mt = None
     if not count_tokens:
         mt = params.get("max_tokens")
         if mt is None:
@@ -58,8 +85,10 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
     if not isinstance(messages, list) or not messages:
         raise invalid(f"{p}messages: List should have at least 1 item after validation")
     for m in messages:  # valid messages, the usual case, without enumerate()
-        if not isinstance(m, dict) or m.get("role") not in _ROLES \
-                or not isinstance(m.get("content"), (str, list)):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            _invalid_message(p, messages)
+        content = m.get("content")
+        if not content or type(content) is not str and not _content_ok(content):
             _invalid_message(p, messages)
     system = params.get("system")
     if system is not None and not isinstance(system, (str, list)):
@@ -74,22 +103,54 @@ def validate_params(params: Any, *, in_batch: bool = False, count_tokens: bool =
     if params.get("stream"):
         if in_batch:
             raise invalid(f"{p}stream: Streaming is not supported in Message Batches")
-        if not count_tokens:
-            raise invalid(f"{p}stream: streaming responses are not supported by this emulator")
+        raise invalid(f"{p}stream: streaming responses are not supported by this emulator")
+    info = model_table.lookup(model, models)
+    if info is None:
+        raise not_found_model(model)
+    if mt is not None and mt > info.max_output_tokens:
+        raise invalid(f"{p}max_tokens: {mt} > {info.max_output_tokens}, which is the maximum allowed "
+                      f"number of output tokens for {model}")
+    return info
+
+
+def check_context(tokens: int, info: ModelInfo) -> None:
+    """400 for a prompt longer than the model's context window, as the API answers."""
+    if tokens > info.context_window:
+        raise invalid(f"prompt is too long: {tokens} tokens > {info.context_window} maximum")
 
 
 _ROLES = ("user", "assistant")
 
 
+def _content_ok(content: Any) -> bool:
+    """A non-empty list content: its text blocks have text (a string content is checked by the caller)."""
+    if not isinstance(content, list):
+        return False
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text" and not block.get("text"):
+            return False
+    return True
+
+
 def _invalid_message(p: str, messages: List[Any]) -> None:
     """Raise the error of the first invalid message (validate_params found one)."""
+    last = len(messages) - 1
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise invalid(f"{p}messages.{i}: Input should be a valid dictionary")
-        if m.get("role") not in _ROLES:
+        role = m.get("role")
+        if role not in _ROLES:
             raise invalid(f"{p}messages.{i}.role: Input should be 'user' or 'assistant'")
-        if not isinstance(m.get("content"), (str, list)):
+        content = m.get("content")
+        if not isinstance(content, (str, list)):
             raise invalid(f"{p}messages.{i}.content: Input should be a valid string or list")
+        if not content:
+            if role == "assistant" and i == last:
+                continue  # the optional final assistant message may be empty
+            raise invalid(f"{p}messages.{i}: all messages must have non-empty content except for "
+                          f"the optional final assistant message")
+        if isinstance(content, list) and not _content_ok(content):
+            raise invalid(f"{p}messages.{i}: text content blocks must be non-empty")
 
 
 @dataclasses.dataclass
@@ -153,9 +214,13 @@ class Engine:
         return model, plan, shared_tokens + messages_tokens(params)
 
     def prepare(self, params: Mapping[str, Any],
-                parsed: Optional[Tuple[bool, List[prompts.Item]]] = None) -> Prepared:
+                parsed: Optional[Tuple[bool, List[prompts.Item]]] = None,
+                info: Optional[ModelInfo] = None) -> Prepared:
+        """`info` (validate_params' answer): a prompt past its context window is refused."""
         is_pack, items = parsed if parsed is not None else parse_request(params)
         model, plan, tokens = self._input(params)
+        if info is not None:
+            check_context(tokens, info)
         return Prepared(params, model, is_pack, items, [i.id for i in items if i.id is not None], tokens, plan)
 
     def complete(self, prep: Prepared, tier: str) -> Tuple[answers.Answer, Dict[str, Any]]:
@@ -166,13 +231,16 @@ class Engine:
             self.state.stats.fault(name)
         return answer, _usage(prep.total_tokens, prep.cache, answer.output_tokens, tier)
 
-    def answer_single(self, params: Mapping[str, Any], item: prompts.Item, tier: str
+    def answer_single(self, params: Mapping[str, Any], item: prompts.Item, tier: str,
+                      info: Optional[ModelInfo] = None
                       ) -> Tuple[str, str, str, Dict[str, Any], List[str], List[str]]:
         """prepare() then complete() of a request holding one record (not a pack, so
         no pack faults): (model, text, stop_reason, usage, ids, answered ids). The
         same steps without the Prepared and Answer objects: a pipeline's batch is
         tens of thousands of such requests, and they were ~8% of the work."""
         model, plan, tokens = self._input(params)
+        if info is not None:
+            check_context(tokens, info)
         self.state.cache.commit(plan)
         text, stop, out_tokens = answers.single_answer(params, item)
         ids = [item.id] if item.id is not None else []

@@ -11,6 +11,11 @@ drives it negative) rather than refused forever.
 
 Limits run on real time (time_scale does not change them): set a high limit
 or a small bucket in tests.
+
+A limit left unset (None) is not enforced, but the headers still report one,
+as the API sends them on every answer: `default_rpm/itpm/otpm` (see
+emulator/config.py), tracked by a bucket that is charged like the
+others and never refuses, holding a minute's worth as the API's does.
 """
 from __future__ import annotations
 
@@ -26,10 +31,13 @@ KINDS = {
     "input-tokens": ("itpm", "input tokens per minute (ITPM)"),
     "output-tokens": ("otpm", "output tokens per minute (OTPM)"),
 }
+#: Capacity, in seconds of refill, of a bucket that only reports a default limit.
+REPORTED_CAPACITY_S = 60.0
 
 
 class TokenBucket:
-    def __init__(self, per_minute: float, capacity_s: float):
+    def __init__(self, per_minute: float, capacity_s: float, enforced: bool = True):
+        self.enforced = enforced
         self.limit = per_minute
         self.rate = per_minute / 60.0
         self.capacity = max(self.rate * capacity_s, 1.0)
@@ -75,8 +83,10 @@ class RateLimiter:
         b = self.buckets.get(model)
         if b is None:
             limits = self._limits(model)
-            b = {kind: TokenBucket(limits[field], self.config.bucket_capacity_s)
-                 for kind, (field, _) in KINDS.items() if limits[field] is not None}
+            cfg = self.config
+            b = {kind: TokenBucket(limits[field], cfg.bucket_capacity_s) if limits[field] is not None
+                 else TokenBucket(getattr(cfg, "default_" + field), REPORTED_CAPACITY_S, enforced=False)
+                 for kind, (field, _) in KINDS.items()}
             self.buckets[model] = b
         now = time.monotonic()
         for bucket in b.values():
@@ -89,6 +99,8 @@ class RateLimiter:
         need = {"requests": 1, "input-tokens": input_tokens, "output-tokens": 1}
         worst: Optional[Tuple[float, str]] = None
         for kind, bucket in b.items():
+            if not bucket.enforced:
+                continue
             wait = bucket.wait_for(need[kind])
             if wait > 0 and (worst is None or wait > worst[0]):
                 worst = (wait, kind)

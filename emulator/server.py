@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 from aiohttp import web
 
 from emulator import jsonutil
+from emulator import models as model_table
 from emulator.jsonutil import gc_paused
 from emulator.batchbody import loads_batch_body
 from emulator.batches import BatchStore
@@ -29,9 +30,12 @@ log = logging.getLogger("emulator")
 
 #: aiohttp refuses larger bodies itself (413); up to it we answer like the API.
 CLIENT_MAX_SIZE = 300 * 1024 * 1024
-_LIMIT_FIELDS = {"rpm", "itpm", "otpm", "bucket_capacity_s", "model_limits"}
+_LIMIT_FIELDS = {"rpm", "itpm", "otpm", "bucket_capacity_s", "model_limits",
+                 "default_rpm", "default_itpm", "default_otpm"}
 STATE_KEY = web.AppKey("state", object)
 REQUEST_ID = web.RequestKey("request_id", str)
+#: The model whose rate-limit headers an answer carries (a known model of its body).
+RL_MODEL = web.RequestKey("ratelimit_model", str)
 
 
 class _Dropped(Exception):
@@ -117,6 +121,8 @@ async def middleware(request: web.Request, handler):
             allowed = state.config.api_keys
             if allowed is not None and key not in allowed:
                 raise ApiError(401, "authentication_error", "invalid x-api-key")
+            if not request.headers.get("anthropic-version"):
+                raise invalid("anthropic-version: header is required")
         response = await handler(request)
         status = response.status
         return response
@@ -150,6 +156,11 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["request-id"] = rid
+    if request.path.startswith("/v1/") and "anthropic-ratelimit-requests-limit" not in response.headers:
+        # Every API answer carries the rate-limit headers: those of the body's model
+        # when it is known, else the default (model-less) limits.
+        state: State = request.app[STATE_KEY]
+        response.headers.update(state.limiter.headers(request.get(RL_MODEL, "")))
 
 
 def _parse_json(body: bytes | bytearray, loads: Callable[[bytes | bytearray], Any] = jsonutil.loads) -> Any:
@@ -233,13 +244,27 @@ def _drop(request: web.Request, why: str):
 
 # ---------------------------------------------------------------- Messages
 
+def _validate(request: web.Request, state: "State", body: Any, count_tokens: bool = False):
+    """validate_params(body) (its ModelInfo); the model's rate-limit headers go with the answer."""
+    models = state.config.models
+    try:
+        info = validate_params(body, count_tokens=count_tokens, models=models)
+    except ApiError:
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str) and model_table.lookup(model, models) is not None:
+            request[RL_MODEL] = model
+        raise
+    request[RL_MODEL] = body["model"]
+    return info
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     state: State = request.app[STATE_KEY]
     state.stats.messages_calls += 1
     body = await _read_json(request)
-    validate_params(body)
+    info = _validate(request, state, body)
     engine = state.engine
-    prep = engine.prepare(body)
+    prep = engine.prepare(body, None, info)
     ids = prep.ids
     state.stats.sent(ids)
     model = prep.model
@@ -283,7 +308,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         if spec:
             state.stats.fault("slow")
             await asyncio.sleep(float(spec.opt("slow_s")))
-            prep = engine.prepare(body, (prep.is_pack, prep.items))  # the cache may have moved on
+            prep = engine.prepare(body, (prep.is_pack, prep.items), info)  # the cache may have moved on
 
     # Rate limits: check, then charge requests and input tokens up front.
     limiter = state.limiter
@@ -315,7 +340,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     state: State = request.app[STATE_KEY]
     state.stats.count_tokens_calls += 1
     body = await _read_json(request)
-    validate_params(body, count_tokens=True)
+    _validate(request, state, body, count_tokens=True)
     return json_response({"input_tokens": estimate_request_tokens(body)})
 
 

@@ -115,6 +115,7 @@ def raw(srv, method, path, body=None, headers=None, auth=True):
     hdrs = {"content-type": "application/json", **(headers or {})}
     if auth:
         hdrs.setdefault("x-api-key", "test-key")
+        hdrs.setdefault("anthropic-version", "2023-06-01")  # the API requires one
     req = urllib.request.Request(srv.base_url + path, data=data, method=method, headers=hdrs)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -323,8 +324,8 @@ def test_auth_both_headers_accepted_and_missing_rejected(srv):
     body = params(item(*RECORDS[0]))
     status, _, payload = raw(srv, "POST", "/v1/messages", body, headers={"x-api-key": "k1"})
     assert status == 200 and payload["type"] == "message"
-    status, _, payload = raw(srv, "POST", "/v1/messages", body, headers={"authorization": "Bearer k2"},
-                             auth=False)
+    status, _, payload = raw(srv, "POST", "/v1/messages", body, auth=False,
+                             headers={"authorization": "Bearer k2", "anthropic-version": "2023-06-01"})
     assert status == 200 and payload["type"] == "message"
     status, headers, payload = raw(srv, "POST", "/v1/messages", body, auth=False)
     assert status == 401 and payload["error"]["type"] == "authentication_error"
@@ -385,7 +386,7 @@ def test_results_are_streamed_chunked(srv, client):
     b = client.messages.batches.create(requests=batch_requests(5))
     wait_ended(client, b.id)
     req = urllib.request.Request(f"{srv.base_url}/v1/messages/batches/{b.id}/results",
-                                 headers={"x-api-key": "k"})
+                                 headers={"x-api-key": "k", "anthropic-version": "2023-06-01"})
     with urllib.request.urlopen(req) as resp:
         assert resp.headers.get("Transfer-Encoding") == "chunked"
         lines = resp.read().decode().splitlines()
@@ -508,7 +509,7 @@ def test_rpm_limit_429_with_headers(client, srv):
     assert int(err.response.headers["retry-after"]) >= 1
     assert "anthropic-ratelimit-requests-remaining" in err.response.headers
     # another model has its own buckets
-    assert client.messages.create(**params("hello", model="other-model")).type == "message"
+    assert client.messages.create(**params("hello", model="claude-opus-4-8")).type == "message"
     assert srv.stats()["rate_limited"] == 1
 
 
@@ -529,9 +530,20 @@ def test_itpm_and_otpm_limits(client, srv):
     assert int(e.value.response.headers["retry-after"]) >= 2
 
 
-def test_no_rate_limit_headers_when_unlimited(client):
+def test_default_rate_limit_headers_when_unlimited(client, srv):
+    """Without limits the headers still come, with documented default limits
+    (emulator/config.py DEFAULT_*), and nothing is refused (the defaults are reported, not enforced)."""
+    for _ in range(3):
+        h = client.messages.with_raw_response.create(**params("x")).headers
+    assert h["anthropic-ratelimit-requests-limit"] == "4000"
+    assert h["anthropic-ratelimit-input-tokens-limit"] == "2000000"
+    assert h["anthropic-ratelimit-output-tokens-limit"] == "400000"
+    assert int(h["anthropic-ratelimit-requests-remaining"]) < 4000  # 3 taken, refilling
+    assert srv.stats()["rate_limited"] == 0
+    assert h["anthropic-ratelimit-tokens-reset"].endswith("Z")
+    srv.configure(default_rpm=8000)
     h = client.messages.with_raw_response.create(**params("x")).headers
-    assert not [k for k in h if k.startswith("anthropic-ratelimit-")]
+    assert h["anthropic-ratelimit-requests-limit"] == "8000"
 
 
 def test_latency_is_applied(client, srv):

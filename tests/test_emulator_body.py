@@ -31,7 +31,8 @@ def _post(srv, body, headers, chunked=False):
     """POST /v1/messages/batches: (status, parsed JSON)."""
     url = urllib.parse.urlsplit(srv.base_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    headers = {"x-api-key": "k", "content-type": "application/json", **headers}
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01", "content-type": "application/json",
+               **headers}
     if chunked:
         conn.request("POST", "/v1/messages/batches", body=iter([body[:7], body[7:]]), headers=headers,
                      encode_chunked=True)
@@ -71,8 +72,8 @@ def test_announced_length_over_the_server_limit_is_413_before_reading(srv):
     url = urllib.parse.urlsplit(srv.base_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     conn.putrequest("POST", "/v1/messages/batches")
-    for name, value in (("x-api-key", "k"), ("content-type", "application/json"),
-                        ("Content-Length", str(CLIENT_MAX_SIZE + 1))):
+    for name, value in (("x-api-key", "k"), ("anthropic-version", "2023-06-01"),
+                        ("content-type", "application/json"), ("Content-Length", str(CLIENT_MAX_SIZE + 1))):
         conn.putheader(name, value)
     conn.endheaders(b'{"requests":[')  # the rest never comes: the answer must not wait for it
     resp = conn.getresponse()
