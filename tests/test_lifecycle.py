@@ -131,14 +131,19 @@ def test_sigkill_after_create_then_rerun_is_complete_and_paid_once(emu_reset, tm
     assert len(results) == 60
 
 
-def test_sigterm_cancels_the_runs_batches(emu_reset, tmp_path, data):
-    out = tmp_path / "out"
-    emu_reset.configure(batch_delay_s=30.0)
-    proc = _spawn(emu_reset, data, out)
-    _wait_for_batch(emu_reset, proc, out)
+def _sigterm_while_the_batch_runs(emu, data, out) -> None:
+    """Start the job in its own process, SIGTERM it once its batch exists; it must exit 130."""
+    emu.configure(batch_delay_s=30.0)
+    proc = _spawn(emu, data, out)
+    _wait_for_batch(emu, proc, out)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output.decode()[-3000:]
+
+
+def test_sigterm_cancels_the_runs_batches(emu_reset, tmp_path, data):
+    out = tmp_path / "out"
+    _sigterm_while_the_batch_runs(emu_reset, data, out)
     ledger = ledger_mod.open_ledger(str(out / "_ledger"))
     entries = list(ledger.list(run_id="lifecycle-test"))
     assert [e.state for e in entries] == ["cancelled"]
@@ -150,12 +155,7 @@ def test_a_rerun_after_an_abort_finishes_the_job_and_pays_once(emu_reset, api_en
     reuses it, resubmits only its cancelled items (once), and ends with every
     record answered; nothing the API answered is sent again."""
     out = tmp_path / "out"
-    emu_reset.configure(batch_delay_s=30.0)
-    proc = _spawn(emu_reset, data, out)
-    _wait_for_batch(emu_reset, proc, out)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, output.decode()[-3000:]
+    _sigterm_while_the_batch_runs(emu_reset, data, out)
     emu_reset.configure(batch_delay_s=0.0)
     assert run(_args(emu_reset, data, out, "--overwrite")) == EXIT_OK
     results, dead = read_output(str(out))
