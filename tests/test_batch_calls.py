@@ -7,6 +7,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -129,16 +130,21 @@ def test_a_pending_submission_fails_the_create_bundle(emu, api_env, monkeypatch)
 
 
 def test_a_failed_call_while_collecting_fails_the_bundle(emu, api_env):
-    """A retrieve that still fails after its retries is not a dead letter: the
-    bundle fails and Beam retries it (with a ledger, its creates are reused)."""
-    fn = _CollectBatches(ApiSettings(base_url=emu.base_url), QUICK, _builder(), _ctx(),
-                         PollSettings(initial_s=0.01), 0)
-    fn.setup()
-    builder = _builder()
-    submitted = SubmittedBatch("msgbatch_does_not_exist", dt.datetime.now(dt.timezone.utc), (),
-                               sealed=tuple(_sealed(builder, 2)))
-    with pytest.raises(anthropic.NotFoundError):
-        list(fn.process(submitted))
+    """A retrieve that still fails after its retries (here: nothing listens) is
+    not a dead letter: the bundle fails and Beam retries it (with a ledger, its
+    creates are reused). Only the API's 404 for the batch is an outcome
+    (batch_not_found dead letters: tests/test_lifecycle.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, never listening: refused
+        fn = _CollectBatches(ApiSettings(base_url=closed), QUICK, _builder(), _ctx(),
+                             PollSettings(initial_s=0.01), 0)
+        fn.setup()
+        builder = _builder()
+        submitted = SubmittedBatch("msgbatch_01", dt.datetime.now(dt.timezone.utc), (),
+                                   sealed=tuple(_sealed(builder, 2)))
+        with pytest.raises(anthropic.APIConnectionError):
+            list(fn.process(submitted))
 
 
 def test_the_emulator_receives_a_create_before_it_processes_earlier_batches(api_env):

@@ -197,3 +197,18 @@ def test_submit_and_collect_refuse_the_short_lived_bundled_emulator(tmp_path, da
                 "--api-base", "local", "--lifecycle", stage])
     err = capsys.readouterr().err
     assert code == 2 and "python -m emulator --port 8787" in err and "LOCAL EMULATOR" not in err
+
+
+def test_a_ledger_naming_a_batch_the_api_forgot_gives_rows_not_a_crash(emu_reset, api_env, tmp_path, data):
+    """A rerun whose ledger names a batch the API no longer knows (404) ends with
+    one dead letter per record, `batch_not_found`, and pays for nothing again."""
+    out = tmp_path / "out"
+    assert run(_args(emu_reset, data, out)) == EXIT_OK
+    emu_reset.reset()  # the API forgets every batch (deleted, another workspace, past 29 days)
+    assert run(_args(emu_reset, data, out, "--overwrite")) == EXIT_OK
+    results, dead = read_output(str(out))
+    assert_one_in_one_out(str(data), results, dead)
+    assert results == [] and {d["error_type"] for d in dead} == {"batch_not_found"}
+    assert all("does not know" in d["error_message"] for d in dead)
+    stats = emu_reset.stats()
+    assert stats["batches_created"] == 0 and stats["batch_requests_received"] == 0

@@ -62,6 +62,8 @@ class Reason(str, enum.Enum):
     ERRORED = "errored"
     EXPIRED = "expired"
     CANCELED = "canceled"
+    #: The ledger names a batch the API does not know (deleted, another workspace or key, results past 29 days).
+    BATCH_NOT_FOUND = "batch_not_found"
     MISSING_RESULT = "missing_result"
     INVALID_JSON = "invalid_json"
     SCHEMA_INVALID = "schema_invalid"

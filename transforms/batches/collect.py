@@ -300,7 +300,19 @@ class Collector:
     def _collect_one(self, submitted: SubmittedBatch, carried, reasks: List[List[str]],
                      retries: List[Request]) -> Iterator:
         pending: Dict[str, Request] = {r.custom_id: r for r in submitted.requests}
-        batch = self._wait_until_ended(submitted.batch_id)
+        try:
+            batch = self._wait_until_ended(submitted.batch_id)
+        except Exception as e:  # noqa: BLE001 - only the API's 404 is an outcome; the rest fails the bundle
+            if getattr(e, "status_code", None) != 404:
+                raise
+            _LOG.error("batch %s is unknown to the API (404): dead-lettering its %d requests as %s",
+                       submitted.batch_id, len(pending), Reason.BATCH_NOT_FOUND.value)
+            yield from self._dead_all(
+                submitted, pending, carried, Reason.BATCH_NOT_FOUND,
+                f"the ledger names batch {submitted.batch_id}, which the API does not know (deleted, created "
+                "with another key or workspace, or its results are past their 29 days); nothing was sent "
+                "again: use a new --ledger (or --run-id) to pay for these records again")
+            return
         if batch is None and not self._wait:
             self._count("batches_pending")
             _LOG.warning("batch %s has not ended; left for the next collect run", submitted.batch_id)
