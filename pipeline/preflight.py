@@ -25,12 +25,24 @@ INPUT_REASONS = frozenset(r.value for r in (
     Reason.TEXT_TOO_LARGE, Reason.DUPLICATE_ID, Reason.TEMPLATE_ERROR, Reason.INJECTION))
 
 
-def no_valid_record_message(input_pattern: str, rows: int, dead: Mapping[str, int]) -> str:
-    """'no valid record in INPUT: N rows, all dead letters: reason n, ...'."""
+#: When every row fails for one of these reasons, the flag naming the field is the likely mistake.
+_FLAG_OF_REASON = {Reason.MISSING_ID.value: ("--id-field", "id_field"),
+                   Reason.MISSING_TEXT.value: ("--text-field", "text_field")}
+
+
+def no_valid_record_message(input_pattern: str, rows: int, dead: Mapping[str, int],
+                            fields: Optional[FieldMap] = None) -> str:
+    """'no valid record in INPUT: N rows, all dead letters: reason n, ...', and
+    which flag to check when every row lacks the field a flag names."""
     if not rows:
         return f"no valid record in {input_pattern}: the input is empty (0 rows)"
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(dead.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"no valid record in {input_pattern}: {rows:,} rows, all dead letters: {reasons}"
+    message = f"no valid record in {input_pattern}: {rows:,} rows, all dead letters: {reasons}"
+    if fields is not None and len(dead) == 1:
+        flag, attr = _FLAG_OF_REASON.get(next(iter(dead)), (None, None))
+        if flag:
+            message += f" (no row has the field {getattr(fields, attr)!r}: check {flag})"
+    return message
 
 
 def first_valid_record(pattern: str, fields: FieldMap, input_format: Optional[str],
@@ -76,7 +88,7 @@ def check_input(opts: Any, task: Task, limit: int) -> None:
     record, path, dead, rows, complete = first_valid_record(opts.input, fields, opts.input_format, limit)
     if record is None:
         if complete:
-            raise ValueError(no_valid_record_message(opts.input, rows, dead))
+            raise ValueError(no_valid_record_message(opts.input, rows, dead, fields))
         return  # the first `limit` rows are all dead letters; the plan or the run will tell
     available = task.fields_of(record)
     missing = [f for f in task.template_fields() if f not in available]

@@ -184,3 +184,15 @@ def test_a_run_with_no_valid_record_past_the_check_exits_1(emu, api_env, tmp_pat
     assert f"error: no valid record in {data}: 3 rows, all dead letters: missing_text 3" \
         in capsys.readouterr().err
     _nothing_billed(emu)
+
+
+def test_a_wrong_id_field_is_named_when_no_row_has_it(emu, api_env, tmp_path, capsys):
+    """The user forgot --id-field: every row lacks `id`; the message names the flag."""
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join('{"ticket_id": "T%d", "text": "printer jams"}\n' % i for i in range(3)))
+    emu.reset()
+    code = run(["--task", TASK, "--input", str(data), "--output", str(tmp_path / "out"), "--mode", "sync",
+                "--api-base", emu.base_url])
+    assert code == 2
+    assert "no row has the field 'id': check --id-field" in capsys.readouterr().err
+    assert emu.stats()["messages_calls"] == 0
