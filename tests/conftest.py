@@ -5,6 +5,7 @@ import collections
 import glob
 import json
 import os
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -44,6 +45,18 @@ def api_env(monkeypatch):
     """A key in the environment, as on a real worker (the emulator accepts any key)."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")
     return "test-key-not-a-secret"
+
+
+def wait_until_ended(retrieve, batch_id: str, timeout_s: float = 15.0):
+    """Poll `retrieve(batch_id)` (the SDK's or BatchCalls') until the batch has
+    ended; fail the test when it has not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.processing_status}"
+        time.sleep(0.02)
 
 
 def read_rows(directory: str):

@@ -18,7 +18,7 @@ import pytest
 import emulator
 from bench import datagen
 from pipeline.run import EXIT_OK, run
-from tests.conftest import assert_one_in_one_out, read_output
+from tests.conftest import assert_one_in_one_out, read_output, wait_until_ended
 from transforms.batches import lifecycle
 from transforms.batches.route import PollSettings, SubmittedBatch, _CollectBatches, _CreateBatches
 from transforms.api.client import ApiSettings, RetryPolicy, describe_error, wire_schemas
@@ -53,13 +53,7 @@ def _sealed(builder, n, prefix="r"):
 
 
 def _wait_ended(calls, batch_id, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = calls.retrieve(batch_id)
-        if state.processing_status == "ended":
-            return state
-        time.sleep(0.02)
-    raise AssertionError(f"batch {batch_id} did not end")
+    return wait_until_ended(calls.retrieve, batch_id, timeout_s)
 
 
 def test_create_retrieve_and_stream_results_in_this_process(emu, api_env):

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 import emulator
+from tests.conftest import wait_until_ended
 from emulator import EmulatorConfig, expected_output
 from transforms.prompts import answers
 from transforms.prompts import packing
@@ -129,13 +130,7 @@ def raw(srv, method, path, body=None, headers=None, auth=True):
 
 
 def wait_ended(client, batch_id, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        b = client.messages.batches.retrieve(batch_id)
-        if b.processing_status == "ended":
-            return b
-        assert time.monotonic() < deadline, f"batch {batch_id} still {b.processing_status}"
-        time.sleep(0.02)
+    return wait_until_ended(client.messages.batches.retrieve, batch_id, timeout)
 
 
 def text_of(message):

@@ -8,14 +8,13 @@ answers are checked against the SDK's own types.
 """
 from __future__ import annotations
 
-import time
-
 import anthropic
 import pytest
 from anthropic import Omit
 
 import emulator
 from emulator.models import MODELS
+from tests.conftest import wait_until_ended
 
 MODEL = "claude-haiku-4-5"
 USER = [{"role": "user", "content": "hello"}]
@@ -193,15 +192,6 @@ def test_count_tokens_validates_what_applies_to_it(client):
 
 # ----------------------------------------------------------------------------- batches
 
-def _wait_ended(client, batch_id, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        b = client.messages.batches.retrieve(batch_id)
-        if b.processing_status == "ended":
-            return b
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-
 
 def test_invalid_batch_requests_end_errored_not_refused(strict):
     """The API notes: per-request params are validated asynchronously; a bad
@@ -219,7 +209,7 @@ def test_invalid_batch_requests_end_errored_not_refused(strict):
     requests = [{"custom_id": "good", "params": good}] + [{"custom_id": k, "params": v} for k, v in bad.items()]
     created = strict.messages.batches.create(requests=requests)
     assert created.processing_status == "in_progress"
-    ended = _wait_ended(strict, created.id)
+    ended = wait_until_ended(strict.messages.batches.retrieve, created.id)
     assert ended.request_counts.succeeded == 1 and ended.request_counts.errored == len(bad)
     results = {r.custom_id: r.result for r in strict.messages.batches.results(created.id)}
     assert results["good"].type == "succeeded" and results["good"].message.usage.service_tier == "batch"
