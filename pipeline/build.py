@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import apache_beam as beam
 
 from pipeline import backend
-from pipeline.options import ClaudeOptions
+from pipeline.options import ClaudeOptions, apply_run_date, run_date
 from transforms.batches.route import PollSettings
 from transforms.batching import BatchBounds
 from transforms.api.client import ApiSettings, RetryPolicy, wire_schemas
@@ -81,17 +81,6 @@ def default_run_id(task: Task, input_pattern: str, mode: str, today: Optional[dt
     return f"{today:%Y%m%d}-{digest[:10]}"
 
 
-def run_date(opts: ClaudeOptions) -> dt.date:
-    if opts.run_date:
-        return dt.date.fromisoformat(opts.run_date)
-    return dt.datetime.now(dt.timezone.utc).date()
-
-
-def _dated(path: Optional[str], day: dt.date) -> Optional[str]:
-    """Substitute {run_date} in a path (date-partitioned outputs for schedulers)."""
-    return path.replace("{run_date}", day.isoformat()) if path else path
-
-
 def _deadline_at(opts: ClaudeOptions) -> Optional[float]:
     if not getattr(opts, "deadline", None):
         return None
@@ -107,8 +96,9 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
                                                text_field=opts.text_field, id_field=opts.id_field)
     prices = load_prices(opts.prices)
     prices.price(task.model)  # fail now, not on the first answer, when the model has no price
+    apply_run_date(opts)  # {run_date} in --input/--output/--ledger (a no-op once run() applied it)
     day = run_date(opts)
-    output = _dated(opts.output, day).rstrip("/")
+    output = opts.output.rstrip("/")
     streaming = bool(opts.input_subscription or opts.input_topic)
     source = opts.input or opts.input_subscription or opts.input_topic
     run_id = opts.run_id or default_run_id(task, source, opts.mode, day)
@@ -116,7 +106,7 @@ def resolve_job(opts: ClaudeOptions, api_base: Optional[str], local: bool,
     # Works shed to the batch route are submitted through the ledger too.
     if opts.mode in BATCH_MODES or getattr(opts, "shed_to", "wait") == "batch":
         if opts.ledger:
-            ledger = LedgerSettings(_dated(opts.ledger, day))
+            ledger = LedgerSettings(opts.ledger)
         elif local:
             # The in-process emulator forgets its batches when the run ends; a
             # ledger that outlived it would point a rerun at batches that no

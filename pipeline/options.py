@@ -302,10 +302,17 @@ def help_parser() -> argparse.ArgumentParser:
 DATED_FLAGS = ("input", "output", "ledger")
 
 
+def run_date(opts: ClaudeOptions) -> dt.date:
+    """The run's logical date: --run-date, default today in UTC."""
+    if opts.run_date:
+        return dt.date.fromisoformat(opts.run_date)
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
 def apply_run_date(opts: ClaudeOptions) -> None:
-    """Substitute {run_date} (--run-date, default today in UTC) in --input,
-    --output and --ledger, in place, before anything reads them."""
-    day = opts.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    """Substitute {run_date} in --input, --output and --ledger, in place,
+    before anything reads them."""
+    day = run_date(opts).isoformat()
     for name in DATED_FLAGS:
         value = getattr(opts, name, None)
         if value and "{run_date}" in value:
