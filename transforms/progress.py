@@ -33,12 +33,18 @@ def reset() -> None:
         _COUNTS.clear()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: Optional[float]) -> str:
+    """42 s, 7.5 min, 3.2 h, 1.5 d: a duration as a person reads it (the
+    progress line's ETA and the plan's wall times)."""
+    if seconds is None:
+        return "-"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def render(counts: Dict[str, float], elapsed_s: float, total: Optional[int] = None) -> str:
@@ -50,7 +56,7 @@ def render(counts: Dict[str, float], elapsed_s: float, total: Optional[int] = No
     if total:
         done += f" / {total:,} ({min(answered / total, 1.0):.0%})"
         if 0 < answered < total and rate > 0:
-            eta = f"  ETA {_duration((total - answered) / rate)}"
+            eta = f"  ETA {format_duration((total - answered) / rate)}"
     return (f"[{elapsed_s:6.0f}s] {done}  {rate:,.1f}/s{eta}  "
             f"submitted {int(counts.get('submitted', 0)):,}  "
             f"batches in progress {int(counts.get('batches_open', 0)):,}  "

@@ -1,10 +1,15 @@
-"""Deadlines as people write them (3600, 90m, 2h, 09:00, an ISO time) and durations as people read them."""
+"""Deadlines as people write them (3600, 90m, 2h, 09:00, an ISO time); durations are
+formatted by transforms.progress.format_duration (re-exported here)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 from typing import Optional
+
+from transforms.progress import format_duration
+
+__all__ = ["parse_deadline", "format_duration"]
 
 
 
@@ -60,16 +65,3 @@ def parse_deadline(text: str, now: Optional[dt.datetime] = None) -> float:
     if seconds <= 0:
         raise ValueError(f"--deadline {text!r} is in the past")
     return seconds
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    """42 s, 7.5 min, 3.2 h, 1.5 d."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
